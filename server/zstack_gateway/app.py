@@ -1,0 +1,133 @@
+"""The gateway process: a grpc.aio server with the VM instance service, health and reflection,
+and a graceful shutdown on SIGTERM/SIGINT.
+
+Shutdown: the first signal turns every health status to NOT_SERVING, stops taking new calls and
+lets in-flight calls finish for up to ``shutdown_grace`` seconds; a second signal ends at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from zstack.v1 import vm_instance_service_pb2 as svc
+from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+
+from zstack_gateway.config import Config
+from zstack_gateway.interceptors import ErrorInterceptor
+from zstack_gateway.servicer import VmInstanceServicer
+from zstack_gateway.upstream import ZStackClient
+
+log = logging.getLogger("zstack_gateway")
+
+SERVICE_NAME = svc.DESCRIPTOR.services_by_name["VmInstanceService"].full_name
+MiB = 1024 * 1024
+
+
+@dataclass
+class Gateway:
+    """A started gateway: its server, its health servicer, the port it listens on."""
+
+    config: Config
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    client: ZStackClient
+    port: int
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first, then stop taking calls and let in-flight calls finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace if grace is None else grace)
+        await self.client.close()
+
+
+async def start(config: Config) -> Gateway:
+    """Build and start the gateway for ``config`` (zstack_url must be set)."""
+    client = ZStackClient(
+        config.zstack_url, max_body_bytes=config.max_body_bytes, pool_size=config.upstream_pool_size
+    )
+    await client.start()
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_send_message_length", 16 * MiB),
+            ("grpc.max_receive_message_length", 4 * MiB),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    svc_grpc.add_VmInstanceServiceServicer_to_server(
+        VmInstanceServicer(client, tz=config.tz, default_timeout=config.default_timeout), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        await client.close()
+        raise OSError(f"cannot listen on {config.listen}")
+    await server.start()
+    gateway = Gateway(config, server, health_servicer, client, port)
+    await gateway.set_serving(True)
+    return gateway
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Gateway]:
+    gateway = await start(config)
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def serve_until_signal(gateway: Gateway) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cuts the grace."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+    stopping: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info(
+                "%s received: shutting down (grace %.1f s)",
+                signal.Signals(signum).name,
+                gateway.config.shutdown_grace,
+            )
+            stop_requested.set()
+        elif stopping is not None:
+            log.warning("second signal: stopping now")
+            stopping.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop_requested.wait()
+        stopping = asyncio.ensure_future(gateway.stop())
+        try:
+            await stopping
+        except asyncio.CancelledError:
+            await gateway.server.stop(0)
+            await gateway.client.close()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,186 @@
+"""``zstack-gateway``: flags and environment -> one Config -> a running gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zstack_gateway import app
+from zstack_gateway.config import Config, ConfigError
+
+log = logging.getLogger("zstack_gateway")
+
+
+def _env_name(flag: str) -> str:
+    name = flag.lstrip("-").replace("-", "_").upper()
+    return name if name.startswith("ZSTACK_") else f"GATEWAY_{name}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="zstack-gateway",
+        description="gRPC gateway to ZStack's REST API (zstack.v1.VmInstanceService). "
+        "Every flag can also be set by the environment variable named in its help.",
+    )
+
+    def add(flag: str, help_text: str, **kw: object) -> None:
+        env = _env_name(flag)
+        parser.add_argument(flag, help=f"{help_text} [env {env}]", **kw)  # type: ignore[arg-type]
+
+    add("--listen", f"HOST:PORT to serve gRPC on (default {defaults.listen})", metavar="HOST:PORT")
+    add("--zstack-url", "the ZStack management node's base URL, e.g. http://mn:8080", metavar="URL")
+    add("--zstack-tz", f"the management node's time zone (default {defaults.zstack_tz})", metavar="ZONE")
+    add(
+        "--default-timeout",
+        f"seconds allowed to a call without a deadline (default {defaults.default_timeout:g})",
+        type=float,
+        metavar="S",
+    )
+    add(
+        "--shutdown-grace",
+        f"seconds in-flight calls may finish after SIGTERM (default {defaults.shutdown_grace:g})",
+        type=float,
+        metavar="S",
+    )
+    add(
+        "--max-body-bytes",
+        f"largest ZStack response read (default {defaults.max_body_bytes})",
+        type=int,
+        metavar="N",
+    )
+    add(
+        "--upstream-pool-size",
+        f"pooled connections to ZStack (default {defaults.upstream_pool_size})",
+        type=int,
+        metavar="N",
+    )
+    add("--log-level", f"DEBUG, INFO, WARNING or ERROR (default {defaults.log_level})", metavar="LEVEL")
+    add(
+        "--demo",
+        "start the embedded ZStack simulator with demo data and use it",
+        action="store_true",
+        default=None,
+    )
+    return parser
+
+
+def config_from(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Flags win over environment variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        given = args.get(f.name)
+        if given is not None:
+            values[f.name] = given
+            continue
+        raw = env.get(_env_name(flag))
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _from_env(f.name, raw, f.type)
+    return Config(**values).check()  # type: ignore[arg-type]
+
+
+def _from_env(name: str, raw: str, kind: object) -> object:
+    try:
+        if kind in ("bool", bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{_env_name('--' + name.replace('_', '-'))}: cannot read {raw!r}") from None
+    return raw
+
+
+def grpcurl_hint(listen: str, session: str, vm_uuid: str) -> str:
+    """A grpcurl command that works as printed from the repository (grpcurl from the venv)."""
+    local = Path(sys.executable).with_name("grpcurl")
+    exe = os.path.relpath(local) if local.exists() else "grpcurl"
+    payload = f'{{"vmInstanceUuid": "{vm_uuid}"}}'
+    return " ".join(
+        [
+            shlex.quote(exe),
+            "-plaintext",
+            "-H",
+            shlex.quote(f"authorization: OAuth {session}"),
+            "-d",
+            shlex.quote(payload),
+            listen,
+            "zstack.v1.VmInstanceService/GetCandidateIso",
+        ]
+    )
+
+
+async def _run(config: Config) -> None:
+    simulator = None
+    if config.demo:
+        import zstack_sim
+
+        simulator = zstack_sim.Simulator(zstack_sim.demo_data(), tz=config.zstack_tz)
+        await simulator.start()
+        config = config.replace(zstack_url=simulator.url)
+    try:
+        gateway = await app.start(config)
+    except BaseException:
+        if simulator is not None:
+            await simulator.stop()
+        raise
+    host = config.listen.rpartition(":")[0]
+    address = f"{host}:{gateway.port}"
+    upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
+    print(f"zstack-gateway ready on {address}, ZStack at {upstream}", flush=True)
+    if config.demo:
+        import zstack_sim
+
+        print("try it:", flush=True)
+        print("  " + grpcurl_hint(address, zstack_sim.DEMO_SESSION_UUID, zstack_sim.DEMO_VM_UUID), flush=True)
+        print(
+            "  "
+            + grpcurl_hint(address, zstack_sim.DEMO_SESSION_UUID, zstack_sim.DEMO_MISSING_VM_UUID)
+            + "   # a NOT_FOUND error",
+            flush=True,
+        )
+    try:
+        await app.serve_until_signal(gateway)
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = config_from(argv)
+    except ConfigError as exc:
+        print(f"zstack-gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(_run(config))
+    except OSError as exc:
+        print(f"zstack-gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

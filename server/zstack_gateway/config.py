@@ -1,0 +1,107 @@
+"""The gateway's configuration: one frozen object, made once from flags and environment.
+
+Every setting has a command-line flag and an environment variable. Flags named ``--zstack-*`` read
+``ZSTACK_*`` (``--zstack-url`` and ``ZSTACK_URL``); every other flag ``--foo-bar`` reads
+``GATEWAY_FOO_BAR``. A flag given on the command line wins over its environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting and says why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs to run. Build it with :func:`Config.build` to get it checked."""
+
+    listen: str = "127.0.0.1:50051"
+    # The ZStack management node's base URL, e.g. http://zstack.example:8080. The gateway appends
+    # /zstack/v1/...; a path in the base URL is kept in front of that (for a reverse proxy prefix).
+    zstack_url: str = ""
+    # The management node's time zone: ZStack writes dates without a zone, in the MN's local time.
+    zstack_tz: str = "Asia/Shanghai"
+    # The upstream budget for a call whose caller set no deadline, in seconds.
+    default_timeout: float = 30.0
+    # How long in-flight calls may run on after SIGTERM before they are cancelled, in seconds.
+    shutdown_grace: float = 10.0
+    # The largest ZStack response body the gateway reads, in bytes; larger ones fail cleanly.
+    max_body_bytes: int = 256 * 1024 * 1024
+    # Pooled HTTP connections to ZStack kept at most.
+    upstream_pool_size: int = 100
+    log_level: str = "INFO"
+    # Start the embedded ZStack simulator and point the gateway at it.
+    demo: bool = False
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.zstack_tz)
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def check(self) -> Config:
+        """Return self when every setting can work, else raise ConfigError naming the setting."""
+        split_host_port(self.listen)
+        if not self.demo:
+            check_zstack_url(self.zstack_url)
+        try:
+            ZoneInfo(self.zstack_tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"--zstack-tz: unknown time zone {self.zstack_tz!r}") from exc
+        if not self.default_timeout > 0:
+            raise ConfigError("--default-timeout must be a positive number of seconds")
+        if self.shutdown_grace < 0:
+            raise ConfigError("--shutdown-grace must not be negative")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("--max-body-bytes must be at least 1024")
+        if self.upstream_pool_size < 1:
+            raise ConfigError("--upstream-pool-size must be at least 1")
+        return self
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check both parts."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"--listen: expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--listen: port {port} is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def check_zstack_url(url: str) -> None:
+    """Refuse a ZStack URL that is not a plain http(s) base URL."""
+    if not url:
+        raise ConfigError("--zstack-url (ZSTACK_URL) is required unless --demo is given")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"--zstack-url must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"--zstack-url has no host: {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError("--zstack-url must not carry a query, a fragment or credentials")
+    if parts.path.rstrip("/").endswith("/zstack") or "/zstack/v1" in parts.path:
+        raise ConfigError(
+            "--zstack-url is the management node's base URL (e.g. http://mn:8080); "
+            "the gateway adds /zstack/v1 itself"
+        )

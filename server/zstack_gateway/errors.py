@@ -1,0 +1,387 @@
+"""The gateway's one error model: every failure becomes a :class:`GatewayError`, and every
+GatewayError becomes one gRPC status.
+
+This module is the only place that decides which gRPC code a failure gets. It classifies:
+
+* ZStack business errors (HTTP 503 with ``{"error": ErrorCode}``) on ``error.code``, never on the HTTP
+  status, because ZStack answers every business failure with 503;
+* ZStack's plain-text REST-layer errors (400/403/404/500) and anything else that is not ZStack JSON
+  (a proxy's HTML page, a 202 on a synchronous API);
+* transport failures (refused, reset, timed out) and responses the gateway cannot read.
+
+A status carries a message a person can act on by itself, the ZStack ``ErrorCode`` as a
+``zstack.v1.ErrorCode`` detail, exactly one ``google.rpc.ErrorInfo`` and, for invalid requests, a
+``google.rpc.BadRequest``. The details trailer is kept under :data:`MAX_DETAILS_BYTES`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from zstack.v1 import error_pb2
+
+from zstack_gateway.translate import TranslationError, error_code_from_json
+
+#: ErrorInfo domain of every error the gateway returns.
+DOMAIN = "zstack-gateway.zstack.io"
+
+#: ZStack error code -> gRPC code. Codes not listed here map to UNKNOWN with the raw code kept.
+ZSTACK_CODES: dict[str, grpc.StatusCode] = {
+    "SYS.1000": grpc.StatusCode.INTERNAL,  # internal error
+    "SYS.1001": grpc.StatusCode.UNAVAILABLE,  # timeout; DEADLINE_EXCEEDED when our deadline drove it
+    "SYS.1003": grpc.StatusCode.NOT_FOUND,  # resource not found
+    "SYS.1007": grpc.StatusCode.INVALID_ARGUMENT,  # invalid argument
+    "SYS.1009": grpc.StatusCode.UNAVAILABLE,  # no route to the owning management node
+    "SYS.1010": grpc.StatusCode.UNAVAILABLE,  # management node not ready
+    "SYS.1011": grpc.StatusCode.UNAVAILABLE,  # message undeliverable
+    "SYS.1012": grpc.StatusCode.UNAVAILABLE,  # management node unavailable
+    "ID.1000": grpc.StatusCode.UNAUTHENTICATED,  # authentication failed
+    "ID.1001": grpc.StatusCode.UNAUTHENTICATED,  # invalid or expired session
+    "ID.1002": grpc.StatusCode.PERMISSION_DENIED,  # permission denied
+    "ID.1006": grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many sessions
+}
+
+#: Newer ZStack builds send a global error code beside the classic one; these mean "invalid session".
+SESSION_GLOBAL_CODES = frozenset({"ORG_ZSTACK_IDENTITY_10020", "ORG_ZSTACK_IDENTITY_10006"})
+
+# Limits that keep the status trailer (grpc-status-details-bin, base64) under gRPC's 8 KiB soft
+# metadata limit whatever ZStack sends: the serialized google.rpc.Status stays under 5,000 bytes
+# (about 6,700 once base64-encoded) and the message under 1,000 characters.
+MAX_DETAILS_BYTES = 5000
+MAX_MESSAGE_CHARS = 1000
+MAX_CAUSE_DEPTH = 8
+MAX_FIELD_CHARS = 1024
+CUT_MARK = " [cut by the gateway]"
+
+_TEXT_EXCERPT_CHARS = 300
+
+
+@dataclass
+class GatewayError(Exception):
+    """A failure on its way to the caller as one gRPC status.
+
+    ``reason`` is the ErrorInfo reason (UPPER_SNAKE_CASE). ``error_code`` is ZStack's ErrorCode as
+    it came, or one the gateway made for a failure that did not come as ZStack JSON.
+    """
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    error_code: error_pb2.ErrorCode = field(default_factory=error_pb2.ErrorCode)
+    http_status: int | None = None
+    field_violations: Sequence[tuple[str, str]] = ()
+    # True when repeating the upstream call cannot do harm (nothing reached ZStack's business logic).
+    retryable: bool = False
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @property
+    def zstack_code(self) -> str:
+        return self.error_code.code
+
+
+def gateway_error_code(reason: str, description: str, details: str = "") -> error_pb2.ErrorCode:
+    """An ErrorCode for a failure that ZStack did not describe itself (code ``GATEWAY.<reason>``)."""
+    ec = error_pb2.ErrorCode(code=f"GATEWAY.{reason}", description=description)
+    if details:
+        ec.details = details
+    return ec
+
+
+def _gateway(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    *,
+    http_status: int | None = None,
+    details: str = "",
+    retryable: bool = False,
+) -> GatewayError:
+    return GatewayError(
+        code=code,
+        message=message,
+        reason=reason,
+        error_code=gateway_error_code(reason, message, details),
+        http_status=http_status,
+        retryable=retryable,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification
+
+
+def from_zstack_error(
+    error_code: error_pb2.ErrorCode, http_status: int, *, deadline_sent: bool
+) -> GatewayError:
+    """Classify a ZStack ErrorCode. ``deadline_sent``: the call told ZStack the caller's deadline
+    (X-API-Timeout), so a ZStack timeout (SYS.1001) means the caller's deadline ran out."""
+    zcode = error_code.code
+    if zcode == "SYS.1001" and deadline_sent:
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
+    elif error_code.global_error_code in SESSION_GLOBAL_CODES:
+        code = grpc.StatusCode.UNAUTHENTICATED
+    else:
+        code = ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
+    text = error_code.details or error_code.description or "no details given"
+    label = zcode or error_code.global_error_code or "error without a code"
+    reason = "ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode or "UNKNOWN").upper()).strip("_")
+    return GatewayError(
+        code=code,
+        message=f"ZStack {label}: {text}",
+        reason=reason,
+        error_code=error_code,
+        http_status=http_status,
+        retryable=zcode in ("SYS.1010", "SYS.1012"),
+    )
+
+
+def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> GatewayError:
+    """Classify a non-200 ZStack answer (or a 200 whose body is not the expected JSON)."""
+    parsed = _zstack_error_body(body)
+    if parsed is not None:
+        return from_zstack_error(parsed, status, deadline_sent=deadline_sent)
+    text = _excerpt(body)
+    if status == 400:
+        if re.search(r"authori[sz]ation|'date'|accesskey", text, re.IGNORECASE):
+            return _gateway(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "ZSTACK_REJECTED_CREDENTIALS",
+                f"ZStack rejected the credentials (HTTP 400): {text}",
+                http_status=status,
+            )
+        return _gateway(
+            grpc.StatusCode.INTERNAL,
+            "ZSTACK_BAD_REQUEST",
+            f"ZStack rejected the gateway's request (HTTP 400): {text}",
+            http_status=status,
+        )
+    if status in (401, 403):
+        return _gateway(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "ZSTACK_REJECTED_CREDENTIALS",
+            f"ZStack refused the request (HTTP {status}): {text}",
+            http_status=status,
+        )
+    if status == 404:
+        return _gateway(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "ZSTACK_API_NOT_FOUND",
+            f"ZStack has no such API (HTTP 404: {text}); check --zstack-url and the ZStack version",
+            http_status=status,
+        )
+    if status in (502, 503, 504):
+        return _gateway(
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_UNAVAILABLE",
+            f"ZStack is unavailable: HTTP {status} without a ZStack error body ({text})",
+            http_status=status,
+            retryable=True,
+        )
+    if status == 202:
+        return _gateway(
+            grpc.StatusCode.INTERNAL,
+            "ZSTACK_UNEXPECTED_ASYNC_REPLY",
+            "ZStack answered 202 Accepted to a synchronous API; this gateway does not poll jobs",
+            http_status=status,
+        )
+    if 500 <= status < 600:
+        return _gateway(
+            grpc.StatusCode.INTERNAL,
+            "ZSTACK_INTERNAL_ERROR",
+            f"ZStack failed with HTTP {status}: {text or '(empty body)'}",
+            http_status=status,
+        )
+    return _gateway(
+        grpc.StatusCode.UNKNOWN,
+        "ZSTACK_UNEXPECTED_STATUS",
+        f"ZStack answered HTTP {status}: {text or '(empty body)'}",
+        http_status=status,
+    )
+
+
+def bad_response(reason_text: str, *, http_status: int | None = 200) -> GatewayError:
+    """A ZStack answer the gateway cannot read (invalid JSON, wrong shape, a body over the cap)."""
+    return _gateway(
+        grpc.StatusCode.INTERNAL,
+        "ZSTACK_BAD_RESPONSE",
+        f"ZStack sent a response the gateway cannot read: {reason_text}",
+        http_status=http_status,
+    )
+
+
+def unavailable(reason_text: str, *, retryable: bool) -> GatewayError:
+    """ZStack could not be reached or the connection broke."""
+    return _gateway(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        f"ZStack is unreachable: {reason_text}",
+        retryable=retryable,
+    )
+
+
+def deadline_exceeded(budget: float, *, caller_deadline: bool) -> GatewayError:
+    whose = "the call's deadline" if caller_deadline else "the gateway's default timeout"
+    return _gateway(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "UPSTREAM_DEADLINE_EXCEEDED",
+        f"ZStack did not answer within {whose} ({budget:.3g} s)",
+    )
+
+
+def unauthenticated(message: str) -> GatewayError:
+    return _gateway(grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS", message)
+
+
+def invalid_argument(violations: Sequence[tuple[str, str]]) -> GatewayError:
+    """A request that fails validation: one BadRequest field violation per problem."""
+    text = "; ".join(f"{name}: {desc}" for name, desc in violations)
+    err = _gateway(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", f"invalid request: {text}")
+    err.field_violations = tuple(violations)
+    return err
+
+
+def internal(message: str = "internal error in the gateway") -> GatewayError:
+    return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
+
+
+def from_exception(exc: BaseException) -> GatewayError:
+    """Any exception that reaches the RPC boundary, as a GatewayError. Unknown exceptions become a
+    generic INTERNAL without their text (it may hold internals); the caller logs them."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, TranslationError):
+        return bad_response(f"{exc.field}: {exc.reason}")
+    return internal()
+
+
+def _zstack_error_body(body: bytes) -> error_pb2.ErrorCode | None:
+    """ZStack's ``{"error": {...}}`` body as an ErrorCode, or None when the body is something else."""
+    stripped = body.lstrip()
+    if not stripped.startswith(b"{"):
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
+        return None
+    return error_code_from_json(obj["error"])
+
+
+def _excerpt(body: bytes) -> str:
+    """A short, single-line, printable excerpt of a plain-text or HTML body."""
+    text = body[: _TEXT_EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    if "<" in text and ">" in text:
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        text = title.group(1) if title else re.sub(r"<[^>]*>", " ", text)
+    text = " ".join(text.split())
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= _TEXT_EXCERPT_CHARS else text[:_TEXT_EXCERPT_CHARS] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# GatewayError -> grpc.Status
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(CUT_MARK))] + CUT_MARK
+
+
+def trimmed_error_code(
+    ec: error_pb2.ErrorCode, *, max_depth: int = MAX_CAUSE_DEPTH, max_chars: int = MAX_FIELD_CHARS
+) -> error_pb2.ErrorCode:
+    """A copy of ``ec`` whose cause chain is at most ``max_depth`` deep and whose strings are at most
+    ``max_chars`` long. Whatever is cut is marked in ``details``."""
+    out = error_pb2.ErrorCode()
+    out.CopyFrom(ec)
+    _trim_in_place(out, max_depth, max_chars)
+    return out
+
+
+def _trim_in_place(ec: error_pb2.ErrorCode, depth_left: int, max_chars: int) -> None:
+    for name in ("code", "description", "details", "elaboration", "location", "cost", "global_error_code"):
+        if ec.HasField(name):
+            value = getattr(ec, name)
+            if len(value) > max_chars:
+                setattr(ec, name, _cut(value, max_chars))
+    if ec.HasField("opaque") and ec.opaque.ByteSize() > max_chars:
+        ec.ClearField("opaque")
+        ec.details = _cut(ec.details, max_chars) + " [opaque dropped by the gateway: too large]"
+    if depth_left <= 0:
+        if ec.HasField("cause") or len(ec.causes):
+            ec.ClearField("cause")
+            del ec.causes[:]
+            ec.details = ec.details + " [deeper causes cut by the gateway]"
+        return
+    if ec.HasField("cause"):
+        _trim_in_place(ec.cause, depth_left - 1, max_chars)
+    if len(ec.causes) > 4:
+        dropped = len(ec.causes) - 4
+        del ec.causes[4:]
+        ec.details = ec.details + f" [{dropped} more causes cut by the gateway]"
+    for cause in ec.causes:
+        _trim_in_place(cause, depth_left - 1, max_chars)
+
+
+def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
+    if err.error_code.code and not err.error_code.code.startswith("GATEWAY."):
+        info.metadata["zstackCode"] = err.error_code.code[:MAX_FIELD_CHARS]
+    if err.error_code.global_error_code:
+        info.metadata["zstackGlobalCode"] = err.error_code.global_error_code[:MAX_FIELD_CHARS]
+    if err.http_status is not None:
+        info.metadata["httpStatus"] = str(err.http_status)
+    return info
+
+
+def to_status_proto(err: GatewayError) -> status_pb2.Status:
+    """The google.rpc.Status for ``err``, its serialized size under MAX_DETAILS_BYTES."""
+    message = _cut(err.message, MAX_MESSAGE_CHARS)
+    extra: list[any_pb2.Any] = []
+    info = any_pb2.Any()
+    info.Pack(_error_info(err))
+    extra.append(info)
+    if err.field_violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=_cut(d, 300))
+                for f, d in list(err.field_violations)[:20]
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        extra.append(packed)
+    # Shrink the ErrorCode until the whole status fits: fewer causes and shorter strings each round.
+    for depth, chars in ((MAX_CAUSE_DEPTH, MAX_FIELD_CHARS), (4, 512), (2, 256), (0, 128), (0, 64)):
+        ec_any = any_pb2.Any()
+        ec_any.Pack(trimmed_error_code(err.error_code, max_depth=depth, max_chars=chars))
+        status = status_pb2.Status(code=err.code.value[0], message=message, details=[ec_any, *extra])
+        if status.ByteSize() <= MAX_DETAILS_BYTES:
+            return status
+    # Only a pathological ErrorInfo could get here: keep the code and the message.
+    return status_pb2.Status(code=err.code.value[0], message=message)
+
+
+def to_grpc_status(err: GatewayError) -> grpc.Status:
+    status: grpc.Status = rpc_status.to_status(to_status_proto(err))
+    return status
+
+
+def encoded_details_size(err: GatewayError) -> int:
+    """The size of the grpc-status-details-bin trailer as sent (base64), for tests and docs."""
+    return len(base64.b64encode(to_status_proto(err).SerializeToString()))

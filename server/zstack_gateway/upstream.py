@@ -1,0 +1,146 @@
+"""The ZStack client: one pooled aiohttp session, one method per ZStack API the gateway calls.
+
+Its one job is HTTP: build the request for the configured management node only, send it within the
+call's deadline, read the body up to the size cap, and hand back parsed JSON, or raise the
+GatewayError that :mod:`zstack_gateway.errors` classifies for the failure.
+
+Why aiohttp and not requests: the gateway serves every call on one asyncio event loop (grpc.aio),
+so its HTTP client must be asynchronous and cancellable mid-request: a caller who cancels or whose
+deadline passes abandons the upstream request at once. requests blocks a thread per call and cannot
+be cancelled mid-body; on loopback aiohttp also costs about a third of requests per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from yarl import URL
+
+from zstack_gateway import errors
+from zstack_gateway.deadline import Deadline
+from zstack_gateway.validation import CandidateIsoQuery
+
+USER_AGENT = "zstack-grpc-gateway/0.1"
+
+
+class ZStackClient:
+    """Talks to one ZStack management node. Create it inside the running event loop, ``await
+    start()`` once, ``await close()`` at shutdown."""
+
+    def __init__(self, base_url: str, *, max_body_bytes: int, pool_size: int = 100) -> None:
+        # Only the path prefix of the configured URL is used; nothing a caller sends can change the
+        # scheme, host or port, and every path segment taken from a request is percent-encoded.
+        self._base = base_url.rstrip("/")
+        self._max_body_bytes = max_body_bytes
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Proxy variables of the gateway's environment must not redirect ZStack traffic, and
+            # reading them costs time on every call.
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+            # Cookies from ZStack (none expected) must never travel from one caller to another.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def iso_candidates_url(self, query: CandidateIsoQuery) -> URL:
+        path = f"/zstack/v1/vm-instances/{quote(query.vm_instance_uuid, safe='')}/iso-candidates"
+        pairs = query.query_pairs()
+        text = self._base + path + ("?" + urlencode(pairs, quote_via=quote) if pairs else "")
+        # encoded=True: send exactly these bytes; yarl must not re-normalise the path.
+        return URL(text, encoded=True)
+
+    async def get_iso_candidates(
+        self, query: CandidateIsoQuery, authorization: str, deadline: Deadline
+    ) -> object:
+        """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the parsed JSON of a 200 answer."""
+        return await self._get_json(self.iso_candidates_url(query), authorization, deadline)
+
+    async def _get_json(self, url: URL, authorization: str, deadline: Deadline) -> object:
+        if self._session is None:
+            raise RuntimeError("ZStackClient.start() was not awaited")
+        headers = {"Authorization": authorization, "Accept": "application/json"}
+        if deadline.from_caller:
+            # Tell ZStack the caller's deadline, so it gives up on its side too. A ZStack timeout
+            # (SYS.1001) then means the caller's deadline ran out.
+            headers["X-API-Timeout"] = str(max(1, math.ceil(deadline.remaining())))
+        budget = deadline.remaining()
+        try:
+            async with asyncio.timeout(budget):
+                async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                    status = resp.status
+                    body = await self._read_body(resp)
+        except TimeoutError:
+            raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            raise errors.unavailable(
+                f"cannot connect to {url.host}:{url.port}: {reason}", retryable=True
+            ) from None
+        except aiohttp.ServerDisconnectedError:
+            raise errors.unavailable(
+                "ZStack closed the connection before answering", retryable=True
+            ) from None
+        except aiohttp.ClientPayloadError:
+            raise errors.unavailable(
+                "the connection broke while reading the answer", retryable=False
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            raise errors.unavailable(
+                f"ZStack sent a malformed HTTP answer ({exc.message})", retryable=False
+            ) from None
+        except aiohttp.ClientOSError as exc:
+            raise errors.unavailable(
+                f"the connection failed: {exc.strerror or type(exc).__name__}", retryable=False
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise errors.unavailable(f"HTTP failure ({type(exc).__name__})", retryable=False) from None
+        if status != 200:
+            raise errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self._max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise errors.bad_response(
+                f"the body is {resp.content_length} bytes, over the gateway's cap of {cap} bytes "
+                "(--max-body-bytes)",
+                http_status=resp.status,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise errors.bad_response(
+                    f"the body is over the gateway's cap of {cap} bytes (--max-body-bytes)",
+                    http_status=resp.status,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _json_problem(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at byte {exc.pos}"
+    return type(exc).__name__

@@ -1,0 +1,193 @@
+"""Every row of the README's error table, produced for real by the simulator's fault injection."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import pytest
+import zstack_sim
+from conftest import AUTH
+from harness import GatewayThread
+from statuses import decode
+from zstack.v1 import vm_instance_service_pb2 as svc
+from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_gateway import Config
+
+VM = zstack_sim.DEMO_VM_UUID
+C = grpc.StatusCode
+
+
+def fail(stub, timeout: float | None = 5.0):
+    request = svc.GetCandidateIsoRequest(vm_instance_uuid=VM)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.GetCandidateIso(request, metadata=AUTH, timeout=timeout))
+    return decode(info.value)
+
+
+ZSTACK_ROWS = [
+    ("SYS.1003", C.NOT_FOUND),
+    ("SYS.1007", C.INVALID_ARGUMENT),
+    ("SYS.1001", C.UNAVAILABLE),  # no caller deadline drove it: see the deadline test below
+    ("SYS.1009", C.UNAVAILABLE),
+    ("SYS.1010", C.UNAVAILABLE),
+    ("SYS.1011", C.UNAVAILABLE),
+    ("SYS.1012", C.UNAVAILABLE),
+    ("SYS.1000", C.INTERNAL),
+    ("ID.1000", C.UNAUTHENTICATED),
+    ("ID.1001", C.UNAUTHENTICATED),
+    ("ID.1002", C.PERMISSION_DENIED),
+    ("ID.1006", C.RESOURCE_EXHAUSTED),
+    ("HOST.1001", C.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(("zcode", "grpc_code"), ZSTACK_ROWS)
+def test_zstack_error_code_maps_to_grpc_code(stub, sim, zcode, grpc_code):
+    sim.fault(action="zstack_error", code=zcode, details=f"details of {zcode}")
+    d = fail(stub, timeout=None)
+    assert d.code == grpc_code
+    assert d.message == f"ZStack {zcode}: details of {zcode}"
+    assert d.error_code.code == zcode
+    assert d.info.metadata["zstackCode"] == zcode
+    assert d.info.metadata["httpStatus"] == "503"
+
+
+def test_zstack_timeout_driven_by_the_callers_deadline_is_deadline_exceeded(stub, sim):
+    sim.fault(action="zstack_error", code="SYS.1001", details="timeout after 3 seconds")
+    d = fail(stub, timeout=3.0)
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert d.error_code.code == "SYS.1001"
+    # The caller's deadline went to ZStack as X-API-Timeout (whole seconds, rounded up).
+    assert sim.zstack_requests()[-1]["headers"]["X-API-Timeout"] in ("3", "2")
+
+
+def test_newer_global_session_code_is_unauthenticated(stub, sim):
+    sim.fault(
+        action="respond",
+        status=503,
+        body='{"error":{"code":"ID.9999","globalErrorCode":"ORG_ZSTACK_IDENTITY_10020","details":"x"}}',
+    )
+    assert fail(stub).code == C.UNAUTHENTICATED
+
+
+PLAIN_ROWS = [
+    (400, "missing header 'Authorization'", C.UNAUTHENTICATED, "ZSTACK_REJECTED_CREDENTIALS"),
+    (
+        400,
+        "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped",
+        C.INTERNAL,
+        "ZSTACK_BAD_REQUEST",
+    ),
+    (403, "requestTimeTooSkewed", C.UNAUTHENTICATED, "ZSTACK_REJECTED_CREDENTIALS"),
+    (404, "no api mapping to /v1/vm-instances/x/iso-candidates", C.UNIMPLEMENTED, "ZSTACK_API_NOT_FOUND"),
+    (500, 'For input string: "abc"', C.INTERNAL, "ZSTACK_INTERNAL_ERROR"),
+    (
+        502,
+        "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+        C.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+    ),
+    (503, "<html><title>503 Service Unavailable</title></html>", C.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    (504, "<html><title>504 Gateway Time-out</title></html>", C.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    (202, '{"location":"http://mn/zstack/v1/api-jobs/x"}', C.INTERNAL, "ZSTACK_UNEXPECTED_ASYNC_REPLY"),
+    (302, "", C.UNKNOWN, "ZSTACK_UNEXPECTED_STATUS"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "grpc_code", "reason"), PLAIN_ROWS)
+def test_non_json_answers_map_to_grpc_code(stub, sim, status, body, grpc_code, reason):
+    headers = {"Location": "http://elsewhere.invalid/"} if status == 302 else {}
+    sim.fault(action="respond", status=status, body=body, headers=headers)
+    d = fail(stub)
+    assert d.code == grpc_code
+    assert d.info.reason == reason
+    assert d.info.metadata["httpStatus"] == str(status)
+    assert d.error_code.code == f"GATEWAY.{reason}"
+    assert "<html" not in d.message
+    # A redirect is never followed: one request, to the configured ZStack.
+    assert len(sim.zstack_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"inventories": {}}', "inventories"),
+        ('{"something": []}', "inventories"),
+        ('{"inventories": [{"uuid": "x", "size": "big"}]}', "inventories[0].size"),
+        ('{"inventories": [42]}', "inventories[0]"),
+    ],
+)
+def test_unreadable_success_body_is_internal_naming_the_problem(stub, sim, body, needle):
+    sim.fault(action="respond", status=200, body=body)
+    d = fail(stub)
+    assert d.code == C.INTERNAL
+    assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+    assert needle in d.message
+
+
+def test_connection_refused_is_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the call: nothing listens there
+    gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=f"http://127.0.0.1:{port}").check())
+    try:
+        with gw.channel() as ch:
+            d = fail(svc_grpc.VmInstanceServiceStub(ch))
+    finally:
+        gw.stop()
+    assert d.code == C.UNAVAILABLE
+    assert d.info.reason == "UPSTREAM_UNAVAILABLE"
+    assert f"127.0.0.1:{port}" in d.message
+
+
+def test_callers_deadline_bounds_a_hanging_zstack(stub, sim):
+    sim.fault(action="hang")
+    started = time.monotonic()
+    d = fail(stub, timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert elapsed < 0.5 + 0.25
+
+
+def test_default_timeout_bounds_a_call_without_deadline(stub, sim, gateway):
+    sim.fault(action="drip", interval=0.1)
+    started = time.monotonic()
+    d = fail(stub, timeout=None)
+    elapsed = time.monotonic() - started
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert "default timeout" in d.message
+    assert gateway.config.default_timeout <= elapsed < gateway.config.default_timeout + 0.5
+
+
+def test_details_trailer_stays_small_however_long_the_cause_chain(stub, sim):
+    cause: dict = {"code": "SYS.1000", "details": "root " + "y" * 20000}
+    for i in range(60):
+        cause = {"code": f"SYS.{1100 + i}", "details": f"level {i} " + "z" * 3000, "cause": cause}
+    sim.fault(action="zstack_error", code="SYS.1006", details="x" * 50000, cause=cause)
+    d = fail(stub)
+    assert d.code == C.UNKNOWN
+    assert 0 < d.details_bin_size < 8 * 1024
+    assert d.error_code.code == "SYS.1006"
+    assert "[cut by the gateway]" in d.error_code.details
+    depth, ec = 0, d.error_code
+    while ec.HasField("cause"):
+        ec, depth = ec.cause, depth + 1
+    assert 1 <= depth <= 8
+    assert "cut by the gateway" in ec.details
+
+
+def test_cancelled_call_abandons_its_upstream_request(stub, sim):
+    sim.fault(action="hang")
+    request = svc.GetCandidateIsoRequest(vm_instance_uuid=VM)
+    call = stub.GetCandidateIso(request, metadata=AUTH, timeout=30)
+    deadline = time.monotonic() + 5
+    while not sim.zstack_requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.stats()["in_flight"] == 1
+    call.cancel()
+    while sim.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.stats()["in_flight"] == 0

@@ -1,0 +1,179 @@
+"""The gateway as grpcurl, buf and the process itself show it: reflection, health, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import zstack_sim
+from conftest import SESSION
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+GRPCURL = Path(sys.executable).with_name("grpcurl")
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+
+
+def grpcurl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(GRPCURL), "-plaintext", *args[:-1], target, args[-1]] if args else [],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_grpcurl_lists_and_describes_through_reflection(gateway):
+    out = grpcurl(gateway.target, "list")
+    assert out.returncode == 0, out.stderr
+    services = out.stdout.split()
+    assert "zstack.v1.VmInstanceService" in services
+    assert "grpc.health.v1.Health" in services
+    out = grpcurl(gateway.target, "describe", "zstack.v1.ImageInventory")
+    assert out.returncode == 0, out.stderr
+    assert "backup_storage_refs" in out.stdout
+
+
+def test_grpcurl_calls_and_prints_zstack_json_names(gateway, sim):
+    payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_VM_UUID})
+    out = grpcurl(
+        gateway.target,
+        "-H",
+        f"authorization: OAuth {SESSION}",
+        "-d",
+        payload,
+        "zstack.v1.VmInstanceService/GetCandidateIso",
+    )
+    assert out.returncode == 0, out.stderr
+    assert '"backupStorageRefs"' in out.stdout
+    assert '"mediaType"' in out.stdout
+    assert "TinyLinux" in out.stdout
+
+
+def test_grpcurl_shows_a_readable_not_found(gateway, sim):
+    payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_MISSING_VM_UUID})
+    out = grpcurl(
+        gateway.target,
+        "-H",
+        f"authorization: OAuth {SESSION}",
+        "-d",
+        payload,
+        "zstack.v1.VmInstanceService/GetCandidateIso",
+    )
+    assert out.returncode != 0
+    assert "NotFound" in out.stderr
+    assert "ZStack SYS.1003: invalid field[vmInstanceUuid]" in out.stderr
+
+
+def test_grpcurl_health_check(gateway):
+    for service in ("", "zstack.v1.VmInstanceService"):
+        out = grpcurl(gateway.target, "-d", json.dumps({"service": service}), "grpc.health.v1.Health/Check")
+        assert out.returncode == 0, out.stderr
+        assert '"status": "SERVING"' in out.stdout
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make node`")
+def test_buf_curl_calls_the_gateway(gateway, sim):
+    out = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "-H",
+            f"authorization: OAuth {SESSION}",
+            "-d",
+            json.dumps({"vmInstanceUuid": zstack_sim.DEMO_VM_UUID}),
+            f"http://{gateway.target}/zstack.v1.VmInstanceService/GetCandidateIso",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "TinyLinux" in out.stdout
+
+
+def _start_demo(port: int) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("zstack-gateway")
+    return subprocess.Popen(
+        [str(exe), "--demo", "--listen", f"127.0.0.1:{port}", "--shutdown-grace", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_prints_a_grpcurl_line_that_works_as_printed():
+    port = _free_port()
+    proc = _start_demo(port)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert f"ready on 127.0.0.1:{port}" in ready
+        assert proc.stdout.readline().strip() == "try it:"
+        command = proc.stdout.readline().strip()
+        assert command.startswith(".venv/bin/grpcurl ") or command.startswith("grpcurl ")
+        out = subprocess.run(
+            command,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            env={**os.environ, "PATH": f"{GRPCURL.parent}:{os.environ['PATH']}"},
+        )
+        assert out.returncode == 0, out.stderr
+        assert "TinyLinux" in out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_sigterm_drains_in_flight_calls_and_flips_health_first():
+    port = _free_port()
+    proc = _start_demo(port)
+    try:
+        assert proc.stdout is not None
+        assert "ready" in proc.stdout.readline()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            proc.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_bad_configuration_exits_2_with_a_message():
+    exe = Path(sys.executable).with_name("zstack-gateway")
+    out = subprocess.run(
+        [str(exe), "--zstack-url", "ftp://x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("ZSTACK_", "GATEWAY_"))},
+    )
+    assert out.returncode == 2
+    assert re.search(r"--zstack-url must start with http", out.stderr)
