@@ -21,12 +21,10 @@ GRPCURL = Path(sys.executable).with_name("grpcurl")
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 
-def grpcurl(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+def grpcurl(target: str, *args: str, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``grpcurl -plaintext FLAGS TARGET ARGS...`` (ARGS: list, describe SYMBOL, or a method)."""
     return subprocess.run(
-        [str(GRPCURL), "-plaintext", *args[:-1], target, args[-1]] if args else [],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [str(GRPCURL), "-plaintext", *flags, target, *args], capture_output=True, text=True, timeout=30
     )
 
 
@@ -45,11 +43,8 @@ def test_grpcurl_calls_and_prints_zstack_json_names(gateway, sim):
     payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_VM_UUID})
     out = grpcurl(
         gateway.target,
-        "-H",
-        f"authorization: OAuth {SESSION}",
-        "-d",
-        payload,
         "zstack.v1.VmInstanceService/GetCandidateIso",
+        flags=("-H", f"authorization: OAuth {SESSION}", "-d", payload),
     )
     assert out.returncode == 0, out.stderr
     assert '"backupStorageRefs"' in out.stdout
@@ -61,11 +56,8 @@ def test_grpcurl_shows_a_readable_not_found(gateway, sim):
     payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_MISSING_VM_UUID})
     out = grpcurl(
         gateway.target,
-        "-H",
-        f"authorization: OAuth {SESSION}",
-        "-d",
-        payload,
         "zstack.v1.VmInstanceService/GetCandidateIso",
+        flags=("-H", f"authorization: OAuth {SESSION}", "-d", payload),
     )
     assert out.returncode != 0
     assert "NotFound" in out.stderr
@@ -74,7 +66,9 @@ def test_grpcurl_shows_a_readable_not_found(gateway, sim):
 
 def test_grpcurl_health_check(gateway):
     for service in ("", "zstack.v1.VmInstanceService"):
-        out = grpcurl(gateway.target, "-d", json.dumps({"service": service}), "grpc.health.v1.Health/Check")
+        out = grpcurl(
+            gateway.target, "grpc.health.v1.Health/Check", flags=("-d", json.dumps({"service": service}))
+        )
         assert out.returncode == 0, out.stderr
         assert '"status": "SERVING"' in out.stdout
 

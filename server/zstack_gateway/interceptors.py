@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -19,8 +19,9 @@ from zstack_gateway.translate import TranslationError
 
 log = logging.getLogger("zstack_gateway.rpc")
 
-_Handler = grpc.RpcMethodHandler[Any, Any]
-_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
+if TYPE_CHECKING:
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -36,11 +37,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler
-        replace: Any = handler._replace  # type: ignore[attr-defined]
-        if handler.unary_stream is not None:
-            return replace(unary_stream=_wrap_stream(handler.unary_stream, method))  # type: ignore[no-any-return]
-        if handler.unary_unary is not None:
-            return replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[no-any-return]
+        # grpc's method handlers are namedtuples: replace the behaviour, keep the (de)serializers.
+        dynamic: Any = handler
+        if dynamic.unary_stream is not None:
+            return dynamic._replace(unary_stream=_wrap_stream(dynamic.unary_stream, method))  # type: ignore[no-any-return]
+        if dynamic.unary_unary is not None:
+            return dynamic._replace(unary_unary=_wrap_unary(dynamic.unary_unary, method))  # type: ignore[no-any-return]
         return handler
 
 

@@ -25,7 +25,7 @@ class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
         self._tz = tz
         self._default_timeout = default_timeout
 
-    async def GetCandidateIso(  # noqa: N802 (the RPC's name)
+    async def GetCandidateIso(
         self,
         request: svc.GetCandidateIsoRequest,
         context: grpc.aio.ServicerContext[svc.GetCandidateIsoRequest, svc.GetCandidateIsoResponse],

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zstack/v1/error.proto\x12\tzstack.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x87\x03\n\tErrorCode\x12\x11\n\x04\x63ode\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x64\x65tails\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x65laboration\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\'\n\x06opaque\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x05\x63\x61use\x18\x06 \x01(\x0b\x32\x14.zstack.v1.ErrorCode\x12\x15\n\x08location\x18\x07 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04\x63ost\x18\x08 \x01(\tH\x05\x88\x01\x01\x12$\n\x06\x63\x61uses\x18\t \x03(\x0b\x32\x14.zstack.v1.ErrorCode\x12\x1e\n\x11global_error_code\x18\n \x01(\tH\x06\x88\x01\x01\x42\x07\n\x05_codeB\x0e\n\x0c_descriptionB\n\n\x08_detailsB\x0e\n\x0c_elaborationB\x0b\n\t_locationB\x07\n\x05_costB\x14\n\x12_global_error_codeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15zstack/v1/error.proto\x12\tzstack.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x98\x03\n\tErrorCode\x12\x11\n\x04\x63ode\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x07\x64\x65tails\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x65laboration\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\'\n\x06opaque\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12#\n\x05\x63\x61use\x18\x06 \x01(\x0b\x32\x14.zstack.v1.ErrorCode\x12\x15\n\x08location\x18\x07 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04\x63ost\x18\x08 \x01(\tH\x05\x88\x01\x01\x12$\n\x06\x63\x61uses\x18\t \x03(\x0b\x32\x14.zstack.v1.ErrorCode\x12/\n\x11global_error_code\x18\n \x01(\tH\x06R\x0fglobalErrorCode\x88\x01\x01\x42\x07\n\x05_codeB\x0e\n\x0c_descriptionB\n\n\x08_detailsB\x0e\n\x0c_elaborationB\x0b\n\t_locationB\x07\n\x05_costB\x14\n\x12_global_error_codeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zstack.v1.error_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORCODE']._serialized_start=67
-  _globals['_ERRORCODE']._serialized_end=458
+  _globals['_ERRORCODE']._serialized_end=475
 # @@protoc_insertion_point(module_scope)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from zstack.v1 import image_pb2 as zstack_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zstack/v1/vm_instance_service.proto\x12\tzstack.v1\x1a\x15zstack/v1/image.proto\"Z\n\x16GetCandidateIsoRequest\x12\x18\n\x10vm_instance_uuid\x18\x01 \x01(\t\x12\x13\n\x0bsystem_tags\x18\x02 \x03(\t\x12\x11\n\tuser_tags\x18\x03 \x03(\t\"I\n\x17GetCandidateIsoResponse\x12.\n\x0binventories\x18\x01 \x03(\x0b\x32\x19.zstack.v1.ImageInventory2o\n\x11VmInstanceService\x12Z\n\x0fGetCandidateIso\x12!.zstack.v1.GetCandidateIsoRequest\x1a\".zstack.v1.GetCandidateIsoResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zstack/v1/vm_instance_service.proto\x12\tzstack.v1\x1a\x15zstack/v1/image.proto\"\x80\x01\n\x16GetCandidateIsoRequest\x12(\n\x10vm_instance_uuid\x18\x01 \x01(\tR\x0evmInstanceUuid\x12\x1f\n\x0bsystem_tags\x18\x02 \x03(\tR\nsystemTags\x12\x1b\n\tuser_tags\x18\x03 \x03(\tR\x08userTags\"I\n\x17GetCandidateIsoResponse\x12.\n\x0binventories\x18\x01 \x03(\x0b\x32\x19.zstack.v1.ImageInventory2o\n\x11VmInstanceService\x12Z\n\x0fGetCandidateIso\x12!.zstack.v1.GetCandidateIsoRequest\x1a\".zstack.v1.GetCandidateIsoResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zstack.v1.vm_instance_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCANDIDATEISOREQUEST']._serialized_start=73
-  _globals['_GETCANDIDATEISOREQUEST']._serialized_end=163
-  _globals['_GETCANDIDATEISORESPONSE']._serialized_start=165
-  _globals['_GETCANDIDATEISORESPONSE']._serialized_end=238
-  _globals['_VMINSTANCESERVICE']._serialized_start=240
-  _globals['_VMINSTANCESERVICE']._serialized_end=351
+  _globals['_GETCANDIDATEISOREQUEST']._serialized_start=74
+  _globals['_GETCANDIDATEISOREQUEST']._serialized_end=202
+  _globals['_GETCANDIDATEISORESPONSE']._serialized_start=204
+  _globals['_GETCANDIDATEISORESPONSE']._serialized_end=277
+  _globals['_VMINSTANCESERVICE']._serialized_start=279
+  _globals['_VMINSTANCESERVICE']._serialized_end=390
 # @@protoc_insertion_point(module_scope)
