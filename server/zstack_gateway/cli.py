@@ -24,51 +24,22 @@ def _env_name(flag: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Config()
+    """One flag per Config field, its help and default taken from the field."""
     parser = argparse.ArgumentParser(
         prog="zstack-gateway",
         description="gRPC gateway to ZStack's REST API (zstack.v1.VmInstanceService). "
         "Every flag can also be set by the environment variable named in its help.",
     )
-
-    def add(flag: str, help_text: str, **kw: object) -> None:
-        env = _env_name(flag)
-        parser.add_argument(flag, help=f"{help_text} [env {env}]", **kw)  # type: ignore[arg-type]
-
-    add("--listen", f"HOST:PORT to serve gRPC on (default {defaults.listen})", metavar="HOST:PORT")
-    add("--zstack-url", "the ZStack management node's base URL, e.g. http://mn:8080", metavar="URL")
-    add("--zstack-tz", f"the management node's time zone (default {defaults.zstack_tz})", metavar="ZONE")
-    add(
-        "--default-timeout",
-        f"seconds allowed to a call without a deadline (default {defaults.default_timeout:g})",
-        type=float,
-        metavar="S",
-    )
-    add(
-        "--shutdown-grace",
-        f"seconds in-flight calls may finish after SIGTERM (default {defaults.shutdown_grace:g})",
-        type=float,
-        metavar="S",
-    )
-    add(
-        "--max-body-bytes",
-        f"largest ZStack response read (default {defaults.max_body_bytes})",
-        type=int,
-        metavar="N",
-    )
-    add(
-        "--upstream-pool-size",
-        f"pooled connections to ZStack (default {defaults.upstream_pool_size})",
-        type=int,
-        metavar="N",
-    )
-    add("--log-level", f"DEBUG, INFO, WARNING or ERROR (default {defaults.log_level})", metavar="LEVEL")
-    add(
-        "--demo",
-        "start the embedded ZStack simulator with demo data and use it",
-        action="store_true",
-        default=None,
-    )
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} [env {_env_name(flag)}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, help=text, action="store_true", default=None)
+            continue
+        if f.default not in ("", None):
+            text = f"{f.metadata['help']} (default {f.default}) [env {_env_name(flag)}]"
+        kind = type(f.default) if isinstance(f.default, int | float) else str
+        parser.add_argument(flag, help=text, type=kind, metavar=f.metadata["metavar"])
     return parser
 
 
@@ -86,21 +57,21 @@ def config_from(argv: Sequence[str] | None = None, environ: dict[str, str] | Non
         raw = env.get(_env_name(flag))
         if raw is None or raw == "":
             continue
-        values[f.name] = _from_env(f.name, raw, f.type)
+        values[f.name] = _from_env(f.name, raw, type(f.default))
     return Config(**values).check()  # type: ignore[arg-type]
 
 
 def _from_env(name: str, raw: str, kind: object) -> object:
     try:
-        if kind in ("bool", bool):
+        if kind is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if kind in ("int", int):
+        if kind is int:
             return int(raw)
-        if kind in ("float", float):
+        if kind is float:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{_env_name('--' + name.replace('_', '-'))}: cannot read {raw!r}") from None

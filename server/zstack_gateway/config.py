@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,27 +19,36 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names the setting and says why."""
 
 
+def setting(default: Any, help: str, metavar: str | None = None) -> Any:
+    """A Config field with its command-line help; the flag and env var names derive from its name."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class Config:
-    """Everything the gateway needs to run. Build it with :func:`Config.build` to get it checked."""
+    """Everything the gateway needs to run. Build it with :func:`Config.check` to get it checked.
 
-    listen: str = "127.0.0.1:50051"
-    # The ZStack management node's base URL, e.g. http://zstack.example:8080. The gateway appends
-    # /zstack/v1/...; a path in the base URL is kept in front of that (for a reverse proxy prefix).
-    zstack_url: str = ""
-    # The management node's time zone: ZStack writes dates without a zone, in the MN's local time.
-    zstack_tz: str = "Asia/Shanghai"
-    # The upstream budget for a call whose caller set no deadline, in seconds.
-    default_timeout: float = 30.0
-    # How long in-flight calls may run on after SIGTERM before they are cancelled, in seconds.
-    shutdown_grace: float = 10.0
-    # The largest ZStack response body the gateway reads, in bytes; larger ones fail cleanly.
-    max_body_bytes: int = 256 * 1024 * 1024
-    # Pooled HTTP connections to ZStack kept at most.
-    upstream_pool_size: int = 100
-    log_level: str = "INFO"
-    # Start the embedded ZStack simulator and point the gateway at it.
-    demo: bool = False
+    Each field is one flag (``--field-name``) and one environment variable (see the module doc).
+    """
+
+    listen: str = setting("127.0.0.1:50051", "HOST:PORT to serve gRPC on", "HOST:PORT")
+    zstack_url: str = setting(
+        "",
+        "the ZStack management node's base URL, e.g. http://mn:8080; the gateway adds /zstack/v1 "
+        "(a path here is kept in front of it, for a reverse-proxy prefix)",
+        "URL",
+    )
+    zstack_tz: str = setting(
+        "Asia/Shanghai", "the management node's time zone (ZStack writes dates without one)", "ZONE"
+    )
+    default_timeout: float = setting(30.0, "upstream budget, in seconds, of a call without a deadline", "S")
+    shutdown_grace: float = setting(10.0, "seconds in-flight calls may run on after SIGTERM", "S")
+    max_body_bytes: int = setting(
+        256 * 1024 * 1024, "largest ZStack response body read; larger ones fail cleanly", "N"
+    )
+    upstream_pool_size: int = setting(100, "pooled HTTP connections to ZStack at most", "N")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL")
+    demo: bool = setting(False, "start the embedded ZStack simulator with demo data and use it")
 
     @property
     def tz(self) -> ZoneInfo:
