@@ -89,5 +89,9 @@ class SimControl:
     def expire_session(self, uuid: str) -> None:
         self._call("POST", f"/_sim/sessions/{uuid}/expire", {})
 
+    def config(self, **settings: object) -> None:
+        """Change the simulator's settings, e.g. ``latency_ms``."""
+        self._call("POST", "/_sim/config", settings)
+
     def set_ready(self, ready: bool) -> None:
         self._call("POST", "/_sim/ready", {"ready": ready})

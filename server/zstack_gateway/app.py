@@ -20,8 +20,11 @@ from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
+from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config
+from zstack_gateway.credentials import PassThrough
 from zstack_gateway.interceptors import ErrorInterceptor
+from zstack_gateway.retry import RetryPolicy
 from zstack_gateway.servicer import VmInstanceServicer
 from zstack_gateway.upstream import ZStackClient
 
@@ -40,6 +43,7 @@ class Gateway:
     health: health.aio.HealthServicer
     client: ZStackClient
     port: int
+    servicer: VmInstanceServicer
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -55,23 +59,57 @@ class Gateway:
         await self.client.close()
 
 
+def server_options(config: Config) -> list[tuple[str, int]]:
+    """Channel arguments for callers, suited to running behind a service mesh or a proxy.
+
+    Requests are small (a UUID and tags): 1 MiB is plenty, and 16 KiB of metadata. Responses go in
+    chunks of about 1 MiB. Keepalive: the server pings an idle connection every ``keepalive_time``
+    and accepts client pings every 10 s or more (a mesh sidecar pings too). ``max_connection_age``
+    makes callers reconnect now and then, so a scaled-up deployment gets their load.
+    """
+    options = [
+        ("grpc.max_receive_message_length", 1 * MiB),
+        ("grpc.max_send_message_length", 16 * MiB),
+        ("grpc.max_metadata_size", 16 * 1024),
+        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+    if config.max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.shutdown_grace * 1000) + 5000),
+        ]
+    return options
+
+
 async def start(config: Config) -> Gateway:
     """Build and start the gateway for ``config`` (zstack_url must be set)."""
     client = ZStackClient(
-        config.zstack_url, max_body_bytes=config.max_body_bytes, pool_size=config.upstream_pool_size
+        config.zstack_url,
+        PassThrough(),
+        max_body_bytes=config.max_body_bytes,
+        pool_size=config.upstream_pool_size,
+        retry=RetryPolicy(max_attempts=config.upstream_attempts),
+        max_concurrent=config.max_upstream_calls,
+        queue_timeout=config.upstream_queue_timeout,
     )
     await client.start()
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
-        options=[
-            ("grpc.max_send_message_length", 16 * MiB),
-            ("grpc.max_receive_message_length", 4 * MiB),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    svc_grpc.add_VmInstanceServiceServicer_to_server(
-        VmInstanceServicer(client, tz=config.tz, default_timeout=config.default_timeout), server
+    servicer = VmInstanceServicer(
+        client,
+        tz=config.tz,
+        default_timeout=config.default_timeout,
+        coalescer=Coalescer(enabled=config.coalesce),
     )
+    svc_grpc.add_VmInstanceServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -83,7 +121,7 @@ async def start(config: Config) -> Gateway:
         await client.close()
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    gateway = Gateway(config, server, health_servicer, client, port)
+    gateway = Gateway(config, server, health_servicer, client, port, servicer)
     await gateway.set_serving(True)
     return gateway
 

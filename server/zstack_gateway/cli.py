@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         text = f"{f.metadata['help']} [env {_env_name(flag)}]"
         if isinstance(f.default, bool):
-            parser.add_argument(flag, help=text, action="store_true", default=None)
+            parser.add_argument(flag, help=text, action=argparse.BooleanOptionalAction, default=None)
             continue
         if f.default not in ("", None):
             text = f"{f.metadata['help']} (default {f.default}) [env {_env_name(flag)}]"

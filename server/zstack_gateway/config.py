@@ -47,6 +47,31 @@ class Config:
         256 * 1024 * 1024, "largest ZStack response body read; larger ones fail cleanly", "N"
     )
     upstream_pool_size: int = setting(100, "pooled HTTP connections to ZStack at most", "N")
+    max_upstream_calls: int = setting(
+        16,
+        "ZStack requests in flight at most (ZStack's API mediator runs 5 workers and queues the rest); "
+        "further calls wait for a slot",
+        "N",
+    )
+    upstream_queue_timeout: float = setting(
+        10.0, "seconds a call waits for an upstream slot before RESOURCE_EXHAUSTED", "S"
+    )
+    upstream_attempts: int = setting(
+        3, "tries of an upstream request that failed before reaching ZStack's logic (1: no retry)", "N"
+    )
+    coalesce: bool = setting(True, "identical calls in flight together share one upstream request", None)
+    max_concurrent_rpcs: int = setting(
+        1000, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", "N"
+    )
+    max_connection_age: float = setting(
+        1800.0,
+        "seconds after which a caller's connection is closed gracefully, so load rebalances "
+        "across replicas behind a mesh (0: never)",
+        "S",
+    )
+    keepalive_time: float = setting(
+        60.0, "seconds between the server's keepalive pings on an idle connection", "S"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL")
     demo: bool = setting(False, "start the embedded ZStack simulator with demo data and use it")
 
@@ -80,8 +105,12 @@ class Config:
             raise ConfigError("--shutdown-grace must not be negative")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
-        if self.upstream_pool_size < 1:
-            raise ConfigError("--upstream-pool-size must be at least 1")
+        for name in ("upstream_pool_size", "max_upstream_calls", "upstream_attempts", "max_concurrent_rpcs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         return self
 
 

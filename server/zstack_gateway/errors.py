@@ -17,6 +17,7 @@ A status carries a message a person can act on by itself, the ZStack ``ErrorCode
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import re
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ class GatewayError(Exception):
     field_violations: Sequence[tuple[str, str]] = ()
     # True when repeating the upstream call cannot do harm (nothing reached ZStack's business logic).
     retryable: bool = False
+    # Sent to the caller as google.rpc.RetryInfo: when trying again may succeed.
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -253,6 +256,18 @@ def invalid_argument(violations: Sequence[tuple[str, str]]) -> GatewayError:
     return err
 
 
+def overloaded(limit: int, waited: float) -> GatewayError:
+    """Every upstream slot stayed busy while the call waited for one."""
+    err = _gateway(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "UPSTREAM_CONCURRENCY_LIMIT",
+        f"the gateway is already running {limit} calls to ZStack (--max-upstream-calls) and none "
+        f"finished within {waited:.3g} s; try again later",
+    )
+    err.retry_after = 1.0
+    return err
+
+
 def internal(message: str = "internal error in the gateway") -> GatewayError:
     return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
 
@@ -356,6 +371,12 @@ def to_status_proto(err: GatewayError) -> status_pb2.Status:
     info = any_pb2.Any()
     info.Pack(_error_info(err))
     extra.append(info)
+    if err.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(datetime.timedelta(seconds=err.retry_after))
+        packed_retry = any_pb2.Any()
+        packed_retry.Pack(retry)
+        extra.append(packed_retry)
     if err.field_violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[

@@ -1,7 +1,8 @@
 """The gRPC servicer: the data path of GetCandidateIso, one step per module.
 
-caller -> validate (validation) -> ZStack client (upstream) -> translate -> stream (chunks).
-Failures are raised as exceptions; the error interceptor turns them into statuses.
+caller -> validate (validation, credentials) -> ZStack client (upstream) -> translate -> stream
+(chunks). Identical calls in flight together share the upstream request and its translation
+(coalesce). Failures are raised as exceptions; the error interceptor turns them into statuses.
 """
 
 from __future__ import annotations
@@ -10,20 +11,33 @@ from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import grpc
+from zstack.v1 import image_pb2
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
 from zstack_gateway import translate, validation
+from zstack_gateway.coalesce import Coalescer
+from zstack_gateway.credentials import CallerAuth
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.stream import chunks
 from zstack_gateway.upstream import ZStackClient
 
+Images = list[image_pb2.ImageInventory]
+
 
 class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
-    def __init__(self, client: ZStackClient, *, tz: ZoneInfo, default_timeout: float) -> None:
+    def __init__(
+        self,
+        client: ZStackClient,
+        *,
+        tz: ZoneInfo,
+        default_timeout: float,
+        coalescer: Coalescer[Images] | None = None,
+    ) -> None:
         self._client = client
         self._tz = tz
         self._default_timeout = default_timeout
+        self.coalescer: Coalescer[Images] = coalescer if coalescer is not None else Coalescer()
 
     async def GetCandidateIso(
         self,
@@ -31,9 +45,15 @@ class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
         context: grpc.aio.ServicerContext[svc.GetCandidateIsoRequest, svc.GetCandidateIsoResponse],
     ) -> AsyncIterator[svc.GetCandidateIsoResponse]:
         query = validation.check_request(request)
-        authorization = validation.session_authorization(context.invocation_metadata())
+        caller = self._client.credentials.authenticate_caller(context.invocation_metadata())
         deadline = Deadline.start(context.time_remaining(), self._default_timeout)
-        body = await self._client.get_iso_candidates(query, authorization, deadline)
-        images = translate.inventories_from_body(body, self._tz)
+        key = (caller.identity, query)
+        images = await self.coalescer.run(key, lambda: self._fetch(query, caller, deadline), deadline)
         for message in chunks(images):
             yield message
+
+    async def _fetch(
+        self, query: validation.CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
+    ) -> Images:
+        body = await self._client.get_iso_candidates(query, caller, deadline)
+        return translate.inventories_from_body(body, self._tz)

@@ -21,7 +21,9 @@ import aiohttp
 from yarl import URL
 
 from zstack_gateway import errors
+from zstack_gateway.credentials import CallerAuth, Credentials, is_invalid_session
 from zstack_gateway.deadline import Deadline
+from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
 from zstack_gateway.validation import CandidateIsoQuery
 
 USER_AGENT = "zstack-grpc-gateway/0.1"
@@ -29,19 +31,43 @@ USER_AGENT = "zstack-grpc-gateway/0.1"
 
 class ZStackClient:
     """Talks to one ZStack management node. Create it inside the running event loop, ``await
-    start()`` once, ``await close()`` at shutdown."""
+    start()`` once, ``await close()`` at shutdown.
 
-    def __init__(self, base_url: str, *, max_body_bytes: int, pool_size: int = 100) -> None:
+    ``max_concurrent`` caps the HTTP requests in flight to ZStack (its API mediator runs 5 workers by
+    default and queues the rest); a call waits up to ``queue_timeout`` seconds (and never past its
+    deadline) for a slot, then fails with RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        max_body_bytes: int,
+        pool_size: int = 100,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_concurrent: int = 16,
+        queue_timeout: float = 10.0,
+    ) -> None:
         # Only the path prefix of the configured URL is used; nothing a caller sends can change the
         # scheme, host or port, and every path segment taken from a request is percent-encoded.
         self._base = base_url.rstrip("/")
+        self._credentials = credentials
         self._max_body_bytes = max_body_bytes
         self._pool_size = pool_size
+        self._retry = retry
+        self._max_concurrent = max_concurrent
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._queue_timeout = queue_timeout
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def base_url(self) -> str:
         return self._base
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
@@ -56,27 +82,64 @@ class ZStackClient:
         )
 
     async def close(self) -> None:
+        await self._credentials.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    def iso_candidates_url(self, query: CandidateIsoQuery) -> URL:
-        path = f"/zstack/v1/vm-instances/{quote(query.vm_instance_uuid, safe='')}/iso-candidates"
-        pairs = query.query_pairs()
-        text = self._base + path + ("?" + urlencode(pairs, quote_via=quote) if pairs else "")
+    def iso_candidates_path(self, query: CandidateIsoQuery) -> str:
+        """ZStack's API path for the query, without the /zstack context and without the query string."""
+        return f"/v1/vm-instances/{quote(query.vm_instance_uuid, safe='')}/iso-candidates"
+
+    def url_for(self, api_path: str, query: list[tuple[str, str]]) -> URL:
+        text = self._base + "/zstack" + api_path + ("?" + urlencode(query, quote_via=quote) if query else "")
         # encoded=True: send exactly these bytes; yarl must not re-normalise the path.
         return URL(text, encoded=True)
 
     async def get_iso_candidates(
-        self, query: CandidateIsoQuery, authorization: str, deadline: Deadline
+        self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
     ) -> object:
         """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the parsed JSON of a 200 answer."""
-        return await self._get_json(self.iso_candidates_url(query), authorization, deadline)
+        return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline)
 
-    async def _get_json(self, url: URL, authorization: str, deadline: Deadline) -> object:
+    async def get(
+        self, api_path: str, query: list[tuple[str, str]], caller: CallerAuth, deadline: Deadline
+    ) -> object:
+        """One logical GET: safe retries, and one fresh try after the credentials are refreshed when
+        ZStack says the session is invalid (in the modes that hold their own credentials)."""
+        url = self.url_for(api_path, query)
+
+        async def attempt() -> object:
+            headers = await self._credentials.headers(caller, "GET", api_path)
+            return await self._limited(url, headers, deadline)
+
+        try:
+            return await self._retry.run(attempt, deadline)
+        except errors.GatewayError as exc:
+            if not is_invalid_session(exc) or not await self._credentials.refresh_after_invalid_session(
+                caller, exc
+            ):
+                raise
+        return await self._retry.run(attempt, deadline)
+
+    async def _limited(self, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+        wait = min(self._queue_timeout, deadline.remaining())
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            if wait < self._queue_timeout:
+                raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
+            raise errors.overloaded(self._max_concurrent, wait) from None
+        try:
+            return await self._get_json(url, headers, deadline)
+        finally:
+            self._slots.release()
+
+    async def _get_json(self, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
-        headers = {"Authorization": authorization, "Accept": "application/json"}
+        headers = {**headers, "Accept": "application/json"}
         if deadline.from_caller:
             # Tell ZStack the caller's deadline, so it gives up on its side too. A ZStack timeout
             # (SYS.1001) then means the caller's deadline ran out.
@@ -95,6 +158,7 @@ class ZStackClient:
                 f"cannot connect to {url.host}:{url.port}: {reason}", retryable=True
             ) from None
         except aiohttp.ServerDisconnectedError:
+            # Nothing of an answer arrived: ZStack (or an idle pooled connection) closed first.
             raise errors.unavailable(
                 "ZStack closed the connection before answering", retryable=True
             ) from None

@@ -1,0 +1,84 @@
+"""Fan-in coalescing: identical calls in flight at the same time share one upstream request.
+
+Calls are identical when they act as the same identity (see credentials.CallerAuth.identity: never
+across different credentials) and ask for the same VM with the same tags. The first call starts the
+shared work in a task of its own; later ones wait on it. A waiter that is cancelled leaves, and the
+others keep waiting; the shared work is cancelled only when every waiter has left. Errors are shared
+like results. A shared call that ran out of time on its first caller's deadline is not a verdict for
+a caller whose deadline is later: that caller starts a fresh call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+
+from zstack_gateway.deadline import Deadline
+from zstack_gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Flight(Generic[T]):
+    task: asyncio.Task[T]
+    deadline: Deadline
+    waiters: int = 0
+
+
+@dataclass
+class Coalescer(Generic[T]):
+    """Shares in-flight work by key. ``enabled=False`` runs every call on its own."""
+
+    enabled: bool = True
+    #: Calls that were answered by another call's upstream request.
+    coalesced: int = 0
+    _flights: dict[Hashable, _Flight[T]] = field(default_factory=dict)
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
+        if not self.enabled:
+            return await work()
+        while True:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._start(key, work, deadline)
+            else:
+                self.coalesced += 1
+            try:
+                return await self._wait(flight)
+            except GatewayError as exc:
+                ran_out = exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                if ran_out and flight.deadline.expires_at < deadline.expires_at and deadline.remaining() > 0:
+                    continue  # another caller's deadline ended the shared call; this one has time left
+                raise
+
+    def _start(self, key: Hashable, work: Callable[[], Awaitable[T]], deadline: Deadline) -> _Flight[T]:
+        task = asyncio.ensure_future(work())
+        flight = _Flight(task, deadline)
+        self._flights[key] = flight
+
+        def forget(done: asyncio.Task[T]) -> None:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            if not done.cancelled():
+                done.exception()  # retrieved here, so a result nobody waits for is not reported
+
+        task.add_done_callback(forget)
+        return flight
+
+    async def _wait(self, flight: _Flight[T]) -> T:
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()  # every caller left: abandon the upstream request
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
