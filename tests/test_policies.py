@@ -16,7 +16,6 @@ from harness import GatewayThread, SimControl
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-
 from zstack_gateway import Config
 
 VM = zstack_sim.DEMO_VM_UUID
