@@ -74,7 +74,13 @@ class SimControl:
         return result
 
     def zstack_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests() if r["path"].startswith("/zstack/")]
+        """Requests to ZStack's API made on behalf of callers (the gateway's background readiness
+        checks of /zstack/v1/management-nodes/ready left out)."""
+        return [
+            r
+            for r in self.requests()
+            if r["path"].startswith("/zstack/") and r["path"] != "/zstack/v1/management-nodes/ready"
+        ]
 
     def fault(self, **rule: object) -> None:
         self._call("POST", "/_sim/faults", rule)

@@ -15,15 +15,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
 from zstack_gateway.coalesce import Coalescer
-from zstack_gateway.config import Config
+from zstack_gateway.config import Config, split_host_port
 from zstack_gateway.credentials import PassThrough
-from zstack_gateway.interceptors import ErrorInterceptor
+from zstack_gateway.interceptors import GatewayInterceptor
+from zstack_gateway.metrics import Metrics
+from zstack_gateway.metrics import serve as serve_metrics
+from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
 from zstack_gateway.servicer import VmInstanceServicer
 from zstack_gateway.upstream import ZStackClient
@@ -44,6 +48,9 @@ class Gateway:
     client: ZStackClient
     port: int
     servicer: VmInstanceServicer
+    metrics: Metrics
+    readiness: Readiness | None = None
+    metrics_runner: web.AppRunner | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -54,9 +61,13 @@ class Gateway:
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first, then stop taking calls and let in-flight calls finish."""
+        if self.readiness is not None:
+            await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace if grace is None else grace)
         await self.client.close()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -98,8 +109,9 @@ async def start(config: Config) -> Gateway:
         queue_timeout=config.upstream_queue_timeout,
     )
     await client.start()
+    metrics = Metrics()
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[GatewayInterceptor(metrics)],
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -121,8 +133,17 @@ async def start(config: Config) -> Gateway:
         await client.close()
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    gateway = Gateway(config, server, health_servicer, client, port, servicer)
-    await gateway.set_serving(True)
+    gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics)
+    if config.metrics_listen:
+        host, metrics_port = split_host_port(config.metrics_listen)
+        gateway.metrics_runner = await serve_metrics(metrics, host, metrics_port)
+    if config.readiness_interval > 0:
+        gateway.readiness = Readiness(
+            client, gateway.set_serving, interval=config.readiness_interval, metrics=metrics
+        )
+        await gateway.readiness.start()
+    else:
+        await gateway.set_serving(True)
     return gateway
 
 

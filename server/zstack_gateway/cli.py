@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zstack_gateway import app
+from zstack_gateway import app, logs
 from zstack_gateway.config import Config, ConfigError
 
 log = logging.getLogger("zstack_gateway")
@@ -140,11 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zstack-gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(config.log_level, config.log_format)
     try:
         asyncio.run(_run(config))
     except OSError as exc:

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
+from zstack_gateway import observe
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.errors import GatewayError
 
@@ -35,8 +36,6 @@ class Coalescer(Generic[T]):
     """Shares in-flight work by key. ``enabled=False`` runs every call on its own."""
 
     enabled: bool = True
-    #: Calls that were answered by another call's upstream request.
-    coalesced: int = 0
     _flights: dict[Hashable, _Flight[T]] = field(default_factory=dict)
 
     async def run(self, key: Hashable, work: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
@@ -47,7 +46,9 @@ class Coalescer(Generic[T]):
             if flight is None:
                 flight = self._start(key, work, deadline)
             else:
-                self.coalesced += 1
+                record = observe.current.get()
+                if record is not None:
+                    record.coalesced = True
             try:
                 return await self._wait(flight)
             except GatewayError as exc:

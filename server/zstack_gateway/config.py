@@ -73,6 +73,16 @@ class Config:
         60.0, "seconds between the server's keepalive pings on an idle connection", "S"
     )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL")
+    log_format: str = setting("json", "json (one object a line) or text", "FORMAT")
+    metrics_listen: str = setting(
+        "", "HOST:PORT to serve Prometheus metrics on (/metrics); off when empty", "HOST:PORT"
+    )
+    readiness_interval: float = setting(
+        5.0,
+        "seconds between checks of ZStack's readiness (GET /zstack/v1/management-nodes/ready), which "
+        "drive the health status; 0 turns them off (health then says SERVING while running)",
+        "S",
+    )
     demo: bool = setting(False, "start the embedded ZStack simulator with demo data and use it")
 
     @property
@@ -93,6 +103,14 @@ class Config:
     def check(self) -> Config:
         """Return self when every setting can work, else raise ConfigError naming the setting."""
         split_host_port(self.listen)
+        if self.metrics_listen:
+            split_host_port(self.metrics_listen)
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("--log-format must be json or text")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("--log-level must be DEBUG, INFO, WARNING or ERROR")
+        if self.readiness_interval < 0:
+            raise ConfigError("--readiness-interval must not be negative")
         if not self.demo:
             check_zstack_url(self.zstack_url)
         try:

@@ -289,7 +289,7 @@ def _zstack_error_body(body: bytes) -> error_pb2.ErrorCode | None:
         return None
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
         return None

@@ -1,8 +1,9 @@
-"""The one place where exceptions become gRPC statuses.
+"""The RPC boundary of the zstack.v1 services: the one place where exceptions become statuses,
+and where each call gets its request id, its metrics and its log line.
 
-Handlers of the zstack.v1 services raise; this interceptor catches what they raise and aborts the
-call with the rich status that :mod:`zstack_gateway.errors` builds. An exception nobody expected is
-logged with its traceback and reaches the caller as a plain INTERNAL: its text may hold internals.
+Handlers raise; this interceptor catches what they raise and aborts the call with the rich status
+that :mod:`zstack_gateway.errors` builds. An exception nobody expected is logged with its traceback
+and reaches the caller as a plain INTERNAL: its text may hold internals.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from zstack_gateway import errors
+from zstack_gateway import errors, observe
+from zstack_gateway.metrics import Metrics
 from zstack_gateway.translate import TranslationError
 
 log = logging.getLogger("zstack_gateway.rpc")
@@ -22,13 +24,15 @@ log = logging.getLogger("zstack_gateway.rpc")
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
+    _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handlers of every method under ``prefix`` (default: the zstack.v1 package)."""
 
-    def __init__(self, prefix: str = "/zstack.v1.") -> None:
+    def __init__(self, metrics: Metrics | None = None, prefix: str = "/zstack.v1.") -> None:
         self._prefix = prefix
+        self._metrics = metrics
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -40,40 +44,85 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         # grpc's method handlers are namedtuples: replace the behaviour, keep the (de)serializers.
         dynamic: Any = handler
         if dynamic.unary_stream is not None:
-            return dynamic._replace(unary_stream=_wrap_stream(dynamic.unary_stream, method))  # type: ignore[no-any-return]
-        if dynamic.unary_unary is not None:
-            return dynamic._replace(unary_unary=_wrap_unary(dynamic.unary_unary, method))  # type: ignore[no-any-return]
+            return dynamic._replace(unary_stream=self._wrap_stream(dynamic.unary_stream, method))  # type: ignore[no-any-return]
         return handler
 
+    def _wrap_stream(self, behaviour: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
+        metrics = self._metrics
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
-    """Abort the call with the status for ``exc`` (never returns normally)."""
-    err = errors.from_exception(exc)
-    if not isinstance(exc, errors.GatewayError | TranslationError):
-        log.error("unexpected error in %s", method, exc_info=exc)
-    await context.abort_with_status(errors.to_grpc_status(err))
+        async def wrapped(request: Any, context: _Context) -> AsyncIterator[Any]:
+            metadata = context.invocation_metadata()
+            record = observe.CallRecord(
+                method=method,
+                request_id=observe.request_id_from(metadata),
+                traceparent=observe.traceparent_from(metadata),
+                metrics=metrics,
+                vm_instance_uuid=getattr(request, "vm_instance_uuid", None) or None,
+            )
+            token = observe.current.set(record)
+            if metrics is not None:
+                metrics.rpcs_in_flight.inc()
+            code = grpc.StatusCode.OK
+            failure: errors.GatewayError | None = None
+            try:
+                await context.send_initial_metadata((("x-request-id", record.request_id),))
+                async for message in behaviour(request, context):
+                    record.images += len(getattr(message, "inventories", ()))
+                    yield message
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                failure = errors.from_exception(exc)
+                code = failure.code
+                if not isinstance(exc, errors.GatewayError | TranslationError):
+                    log.error(
+                        "unexpected error in %s",
+                        method,
+                        exc_info=exc,
+                        extra={"request_id": record.request_id},
+                    )
+                await context.abort_with_status(errors.to_grpc_status(failure))
+            finally:
+                observe.current.reset(token)
+                _finish(record, code, failure)
+
+        return wrapped
 
 
-def _wrap_stream(behaviour: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            async for message in behaviour(request, context):
-                yield message
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await abort(context, exc, method)
-
-    return wrapped
-
-
-def _wrap_unary(behaviour: Any, method: str) -> Callable[..., Awaitable[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await behaviour(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            await abort(context, exc, method)
-
-    return wrapped
+def _finish(record: observe.CallRecord, code: grpc.StatusCode, failure: errors.GatewayError | None) -> None:
+    elapsed = record.elapsed()
+    metrics = record.metrics
+    if metrics is not None:
+        method = record.method.rsplit("/", 1)[-1]
+        metrics.rpcs_in_flight.dec()
+        metrics.rpcs.labels(method, code.name).inc()
+        metrics.rpc_seconds.labels(method).observe(elapsed)
+        metrics.images.inc(record.images)
+        if record.coalesced:
+            metrics.coalesced.inc()
+    zstack_code = failure.zstack_code if failure is not None else record.zstack_code
+    # ERROR is kept for the gateway's own faults (logged above with their traceback); a failed call
+    # is the caller's or ZStack's business, so it is a WARNING.
+    level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING
+    log.log(
+        level,
+        "%s %s",
+        record.method,
+        code.name,
+        extra={
+            "rpc": record.method,
+            "request_id": record.request_id,
+            "vm": record.vm_instance_uuid,
+            "outcome": "ok" if code == grpc.StatusCode.OK else "error",
+            "grpc_code": code.name,
+            "zstack_code": zstack_code or None,
+            "upstream_status": failure.http_status if failure is not None else record.upstream_status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "upstream_ms": round(record.upstream_seconds * 1000, 2),
+            "upstream_requests": record.upstream_requests,
+            "coalesced": record.coalesced,
+            "images": record.images,
+            "error": failure.message if failure is not None else None,
+        },
+    )

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
+import time
 from urllib.parse import quote, urlencode
 
 import aiohttp
 from yarl import URL
 
-from zstack_gateway import errors
+from zstack_gateway import errors, observe
 from zstack_gateway.credentials import CallerAuth, Credentials, is_invalid_session
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
@@ -96,6 +98,23 @@ class ZStackClient:
         # encoded=True: send exactly these bytes; yarl must not re-normalise the path.
         return URL(text, encoded=True)
 
+    async def check_ready(self, budget: float) -> str | None:
+        """``GET /zstack/v1/management-nodes/ready`` (no credentials): None when ZStack is ready, else
+        why not. Never retried, never queued behind callers' requests."""
+        deadline = Deadline.start(None, budget)
+        try:
+            await self._get_json(
+                "/v1/management-nodes/ready", self.url_for("/v1/management-nodes/ready", []), {}, deadline
+            )
+        except errors.GatewayError as exc:
+            return exc.message
+        return None
+
+    async def credentials_problem(self) -> str | None:
+        """Why the credentials mode cannot authenticate right now (e.g. a rejected account), or None."""
+        problem = getattr(self._credentials, "problem", None)
+        return await problem() if problem is not None else None
+
     async def get_iso_candidates(
         self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
     ) -> object:
@@ -111,7 +130,7 @@ class ZStackClient:
 
         async def attempt() -> object:
             headers = await self._credentials.headers(caller, "GET", api_path)
-            return await self._limited(url, headers, deadline)
+            return await self._limited(api_path, url, headers, deadline)
 
         try:
             return await self._retry.run(attempt, deadline)
@@ -122,7 +141,7 @@ class ZStackClient:
                 raise
         return await self._retry.run(attempt, deadline)
 
-    async def _limited(self, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+    async def _limited(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
         wait = min(self._queue_timeout, deadline.remaining())
         try:
             async with asyncio.timeout(wait):
@@ -132,14 +151,39 @@ class ZStackClient:
                 raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
             raise errors.overloaded(self._max_concurrent, wait) from None
         try:
-            return await self._get_json(url, headers, deadline)
+            return await self._get_json(api_path, url, headers, deadline)
         finally:
             self._slots.release()
 
-    async def _get_json(self, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+    async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+        """One HTTP request; its outcome is recorded on the call (observe) whatever it is."""
+        started = time.monotonic()
+        status: int | None = None
+        zstack_code: str | None = None
+        metrics = observe.current_metrics()
+        if metrics is not None:
+            metrics.upstream_in_flight.inc()
+        try:
+            status, body = await self._send(url, headers, deadline)
+            if status != 200:
+                error = errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
+                zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
+                raise error
+        finally:
+            if metrics is not None:
+                metrics.upstream_in_flight.dec()
+            observe.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
+        except RecursionError:
+            raise errors.bad_response("the body's JSON is nested too deeply to read") from None
+
+    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, bytes]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
-        headers = {**headers, "Accept": "application/json"}
+        headers = {**headers, **observe.upstream_headers(), "Accept": "application/json"}
         if deadline.from_caller:
             # Tell ZStack the caller's deadline, so it gives up on its side too. A ZStack timeout
             # (SYS.1001) then means the caller's deadline ran out.
@@ -148,8 +192,7 @@ class ZStackClient:
         try:
             async with asyncio.timeout(budget):
                 async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                    status = resp.status
-                    body = await self._read_body(resp)
+                    return resp.status, await self._read_body(resp)
         except TimeoutError:
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
         except aiohttp.ClientConnectorError as exc:
@@ -176,12 +219,6 @@ class ZStackClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise errors.unavailable(f"HTTP failure ({type(exc).__name__})", retryable=False) from None
-        if status != 200:
-            raise errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self._max_body_bytes
@@ -202,6 +239,14 @@ class ZStackClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def api_label(api_path: str) -> str:
+    """A bounded metric label for a ZStack API path: UUIDs replaced by ``{uuid}``."""
+    return _UUID_SEGMENT.sub("/{uuid}", api_path)
+
+
+_UUID_SEGMENT = re.compile(r"/[0-9a-fA-F]{32}(?=/|$)")
 
 
 def _json_problem(exc: ValueError) -> str:

@@ -1,0 +1,93 @@
+"""What one call did, collected along the data path for its log line and metrics.
+
+The interceptor opens a :class:`CallRecord` per RPC in a context variable; the upstream client and
+the servicer fill it in (HTTP status, ZStack code, durations, images). Tasks started during the call
+(a coalesced upstream request) inherit it, so a shared request is logged once, with the request id
+of the call that started it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from zstack_gateway.metrics import Metrics, http_status_label, zstack_code_label
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+@dataclass
+class CallRecord:
+    method: str
+    request_id: str
+    traceparent: str | None = None
+    metrics: Metrics | None = None
+    started: float = field(default_factory=time.monotonic)
+    vm_instance_uuid: str | None = None
+    upstream_status: int | None = None
+    zstack_code: str | None = None
+    upstream_seconds: float = 0.0
+    upstream_requests: int = 0
+    images: int = 0
+    coalesced: bool = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
+    "zstack_gateway_call", default=None
+)
+
+
+def request_id_from(metadata: object) -> str:
+    """The caller's ``x-request-id`` when it is a sane token, else a new one."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def traceparent_from(metadata: object) -> str | None:
+    """A W3C ``traceparent`` from the caller, passed on to ZStack when well-formed."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == "traceparent" and isinstance(value, str) and _TRACEPARENT.fullmatch(value):
+            return value
+    return None
+
+
+def current_metrics() -> Metrics | None:
+    record = current.get()
+    return record.metrics if record is not None else None
+
+
+def upstream_headers() -> dict[str, str]:
+    """Headers that carry the call's identity to ZStack."""
+    record = current.get()
+    if record is None:
+        return {}
+    headers = {"X-Request-Id": record.request_id}
+    if record.traceparent:
+        headers["traceparent"] = record.traceparent
+    return headers
+
+
+def record_upstream(api: str, status: int | None, zstack_code: str | None, seconds: float) -> None:
+    record = current.get()
+    if record is None:
+        return
+    record.upstream_status = status
+    record.zstack_code = zstack_code or record.zstack_code
+    record.upstream_seconds += seconds
+    record.upstream_requests += 1
+    if record.metrics is not None:
+        record.metrics.upstream_seconds.labels(api).observe(seconds)
+        record.metrics.upstream_responses.labels(
+            api, http_status_label(status), zstack_code_label(zstack_code)
+        ).inc()
