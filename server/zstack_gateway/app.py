@@ -87,7 +87,8 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
+        # Port sharing only between the gateway's own worker processes, never by accident.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
     ]
     if config.max_connection_age > 0:
         options += [

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zstack_gateway import app, logs
+from zstack_gateway import app, logs, workers
 from zstack_gateway.config import Config, ConfigError
 
 log = logging.getLogger("zstack_gateway")
@@ -114,7 +114,8 @@ async def _run(config: Config) -> None:
     host = config.listen.rpartition(":")[0]
     address = f"{host}:{gateway.port}"
     upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
-    print(f"zstack-gateway ready on {address}, ZStack at {upstream}", flush=True)
+    worker = f" (worker pid {os.getpid()})" if config.workers > 1 else ""
+    print(f"zstack-gateway ready on {address}{worker}, ZStack at {upstream}", flush=True)
     if config.demo:
         import zstack_sim
 
@@ -141,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zstack-gateway: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level, config.log_format)
+    if config.workers > 1:
+        return workers.run(config, _serve)
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
     try:
         asyncio.run(_run(config))
     except OSError as exc:
