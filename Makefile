@@ -16,7 +16,7 @@ LISTEN ?= 127.0.0.1:50051
 run: $(STAMP)
 	$(BIN)/zstack-gateway --demo --listen $(LISTEN)
 
-test: $(STAMP) $(NODE_STAMP) check-gen lint typecheck buflint pytest
+test: $(STAMP) $(NODE_STAMP) check-gen lint typecheck buflint breaking deploy-check pytest
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
@@ -65,3 +65,22 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# `buf breaking` (buf.yaml's FILE rules) against the previous commit. Skipped, saying so, where there is
+# none to compare with: the first commit, or a shallow clone.
+breaking: $(NODE_STAMP)
+	@if git rev-parse -q --verify 'HEAD~1^{commit}' >/dev/null && git cat-file -e 'HEAD~1:buf.yaml' 2>/dev/null; then \
+	  echo "buf breaking against HEAD~1 ($$(git log -1 --format='%h %s' HEAD~1 | cut -c1-72))"; \
+	  npx --no-install buf breaking --against '.git#ref=HEAD~1'; \
+	else \
+	  echo "buf breaking: skipped, no previous commit with a buf.yaml (first commit or shallow clone)"; \
+	fi
+
+# deploy/: YAML, Kubernetes schemas and cross-checks, the Dockerfile (deploy/check.js), and
+# kubernetes-validate's strict schema check, which also rejects unknown fields.
+deploy-check: $(STAMP) $(NODE_STAMP)
+	node deploy/check.js
+	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization.yaml)
+	@echo "deploy-check: kubernetes-validate --strict passed"
+
+.PHONY: breaking deploy-check

@@ -142,6 +142,9 @@ def test_health_follows_zstack_readiness_with_watch(observed, sim: SimControl):
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         sim.set_ready(False)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The liveness name stays SERVING: a ZStack outage is no reason to restart the gateway.
+        liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+        assert liveness.status == health_pb2.HealthCheckResponse.SERVING
         sim.set_ready(True)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()

@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
+from zstack_gateway import callers, credentials, tls
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, split_host_port
-from zstack_gateway.credentials import PassThrough
 from zstack_gateway.interceptors import GatewayInterceptor
 from zstack_gateway.metrics import Metrics
 from zstack_gateway.metrics import serve as serve_metrics
@@ -35,6 +35,9 @@ from zstack_gateway.upstream import ZStackClient
 log = logging.getLogger("zstack_gateway")
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["VmInstanceService"].full_name
+#: A health service name that says SERVING while the process runs, whatever ZStack does: for liveness
+#: probes, which must not restart the gateway during a ZStack outage.
+LIVENESS_NAME = "liveness"
 MiB = 1024 * 1024
 
 
@@ -49,6 +52,7 @@ class Gateway:
     port: int
     servicer: VmInstanceServicer
     metrics: Metrics
+    interceptor: GatewayInterceptor
     readiness: Readiness | None = None
     metrics_runner: web.AppRunner | None = None
 
@@ -64,7 +68,16 @@ class Gateway:
         if self.readiness is not None:
             await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.shutdown_grace if grace is None else grace)
+        grace = self.config.shutdown_grace if grace is None else grace
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        # Health watches never end by themselves: once the service's own calls are done, they must
+        # not hold the shutdown for the rest of the grace period.
+        idle = asyncio.ensure_future(self.interceptor.idle.wait())
+        await asyncio.wait({stopping, idle}, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        if not stopping.done():
+            await self.server.stop(None)
+        await stopping
         await self.client.close()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
@@ -100,19 +113,22 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 
 async def start(config: Config) -> Gateway:
     """Build and start the gateway for ``config`` (zstack_url must be set)."""
+    zstack_tls = tls.zstack_ssl_context(config)
     client = ZStackClient(
         config.zstack_url,
-        PassThrough(),
+        credentials.from_config(config, zstack_tls),
         max_body_bytes=config.max_body_bytes,
         pool_size=config.upstream_pool_size,
         retry=RetryPolicy(max_attempts=config.upstream_attempts),
         max_concurrent=config.max_upstream_calls,
         queue_timeout=config.upstream_queue_timeout,
     )
-    await client.start()
+    await client.start(zstack_tls)
     metrics = Metrics()
+    interceptor = GatewayInterceptor(metrics)
     server = grpc.aio.server(
-        interceptors=[GatewayInterceptor(metrics)],
+        # The caller check comes after the status interceptor, which turns its refusals into statuses.
+        interceptors=[interceptor, *callers.interceptors(config)],
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -129,12 +145,13 @@ async def start(config: Config) -> Gateway:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(config.listen)
+    port = tls.add_port(server, config)  # TLS or mutual TLS when configured
     if port == 0:
         await client.close()
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics)
+    gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics, interceptor)
+    await health_servicer.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_listen:
         host, metrics_port = split_host_port(config.metrics_listen)
         gateway.metrics_runner = await serve_metrics(metrics, host, metrics_port)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from zstack_gateway import app, logs, workers
 from zstack_gateway.config import Config, ConfigError
+from zstack_gateway.secret import Secret
+from zstack_gateway.security import FLAG_ALIASES
 
 log = logging.getLogger("zstack_gateway")
 
@@ -27,10 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field, its help and default taken from the field."""
     parser = argparse.ArgumentParser(
         prog="zstack-gateway",
+        # No abbreviations: "--password SECRET" must fail, not be read as "--password-file SECRET".
+        allow_abbrev=False,
         description="gRPC gateway to ZStack's REST API (zstack.v1.VmInstanceService). "
         "Every flag can also be set by the environment variable named in its help.",
     )
     for f in dataclasses.fields(Config):
+        if isinstance(f.default, Secret):
+            continue  # a secret comes from its environment variable (or a file), never from a flag
         flag = "--" + f.name.replace("_", "-")
         text = f"{f.metadata['help']} [env {_env_name(flag)}]"
         if isinstance(f.default, bool):
@@ -39,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.default not in ("", None):
             text = f"{f.metadata['help']} (default {f.default}) [env {_env_name(flag)}]"
         kind = type(f.default) if isinstance(f.default, int | float) else str
-        parser.add_argument(flag, help=text, type=kind, metavar=f.metadata["metavar"])
+        aliases = FLAG_ALIASES.get(f.name, ())
+        parser.add_argument(flag, *aliases, help=text, type=kind, metavar=f.metadata["metavar"])
     return parser
 
 
@@ -62,6 +69,8 @@ def config_from(argv: Sequence[str] | None = None, environ: dict[str, str] | Non
 
 
 def _from_env(name: str, raw: str, kind: object) -> object:
+    if kind is Secret:
+        return Secret(raw)
     try:
         if kind is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -78,17 +87,18 @@ def _from_env(name: str, raw: str, kind: object) -> object:
     return raw
 
 
-def grpcurl_hint(listen: str, session: str, vm_uuid: str) -> str:
-    """A grpcurl command that works as printed from the repository (grpcurl from the venv)."""
+def grpcurl_hint(listen: str, session: str | None, vm_uuid: str) -> str:
+    """A grpcurl command that works as printed from the repository (grpcurl from the venv).
+    ``session`` None: no authorization header (the gateway holds its own ZStack credentials)."""
     local = Path(sys.executable).with_name("grpcurl")
     exe = os.path.relpath(local) if local.exists() else "grpcurl"
     payload = f'{{"vmInstanceUuid": "{vm_uuid}"}}'
+    auth = ["-H", shlex.quote(f"authorization: OAuth {session}")] if session is not None else []
     return " ".join(
         [
             shlex.quote(exe),
             "-plaintext",
-            "-H",
-            shlex.quote(f"authorization: OAuth {session}"),
+            *auth,
             "-d",
             shlex.quote(payload),
             listen,
@@ -115,16 +125,17 @@ async def _run(config: Config) -> None:
     address = f"{host}:{gateway.port}"
     upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
     worker = f" (worker pid {os.getpid()})" if config.workers > 1 else ""
-    print(f"zstack-gateway ready on {address}{worker}, ZStack at {upstream}", flush=True)
+    # One write per line: with --workers, several processes print to the same stdout.
+    sys.stdout.write(f"zstack-gateway ready on {address}{worker}, ZStack at {upstream}\n")
+    sys.stdout.flush()
     if config.demo:
         import zstack_sim
 
+        session = zstack_sim.DEMO_SESSION_UUID if config.auth_mode == "passthrough" else None
         print("try it:", flush=True)
-        print("  " + grpcurl_hint(address, zstack_sim.DEMO_SESSION_UUID, zstack_sim.DEMO_VM_UUID), flush=True)
+        print("  " + grpcurl_hint(address, session, zstack_sim.DEMO_VM_UUID), flush=True)
         print(
-            "  "
-            + grpcurl_hint(address, zstack_sim.DEMO_SESSION_UUID, zstack_sim.DEMO_MISSING_VM_UUID)
-            + "   # a NOT_FOUND error",
+            "  " + grpcurl_hint(address, session, zstack_sim.DEMO_MISSING_VM_UUID) + "   # a NOT_FOUND error",
             flush=True,
         )
     try:

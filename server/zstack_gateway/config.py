@@ -14,6 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from zstack_gateway import security
+from zstack_gateway.secret import NO_SECRET, Secret
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message names the setting and says why."""
@@ -84,6 +87,59 @@ class Config:
         "S",
     )
     demo: bool = setting(False, "start the embedded ZStack simulator with demo data and use it")
+    workers: int = setting(
+        1,
+        "processes serving the same port (SO_REUSEPORT), for hosts with more cores; with metrics on, "
+        "worker i serves them on the metrics port + i",
+        "N",
+    )
+    # Credentials and transport security (README "Credentials and security"; checks in security.py).
+    # Secret fields have no flag: they come from their environment variable only (or the *_file
+    # setting next to them), since command lines are visible to every local user.
+    auth_mode: str = setting(
+        "passthrough",
+        "how the gateway authenticates to ZStack: passthrough (the caller's 'authorization: OAuth "
+        "<session>'), account (logs in as --zstack-account) or access-key (signs with an AccessKey)",
+        "MODE",
+    )
+    zstack_account: str = setting("", "account mode: the ZStack account name to log in as", "NAME")
+    zstack_password: Secret = setting(NO_SECRET, "account mode: the account's password (env only)")  # noqa: RUF009
+    zstack_password_file: str = setting(
+        "", "account mode: a file holding the account's password (or set ZSTACK_PASSWORD)", "FILE"
+    )
+    zstack_access_key_id: str = setting("", "access-key mode: the AccessKey id", "ID")
+    zstack_access_key_secret: Secret = setting(  # noqa: RUF009
+        NO_SECRET, "access-key mode: the AccessKey secret (env only)"
+    )
+    zstack_access_key_secret_file: str = setting(
+        "", "access-key mode: a file holding the AccessKey secret (or set ZSTACK_ACCESS_KEY_SECRET)", "FILE"
+    )
+    access_key_date_zone: str = setting(
+        "",
+        "access-key mode: the zone of the signed Date header, GMT or a zone name (default: --zstack-tz, "
+        "which is what ZStack's default rest.checkTimeZone=false compares against)",
+        "ZONE",
+    )
+    tls_cert: str = setting("", "PEM certificate chain: serve gRPC over TLS (with --tls-key)", "FILE")
+    tls_key: str = setting("", "PEM private key of --tls-cert", "FILE")
+    tls_client_ca: str = setting(
+        "", "PEM CA bundle: require callers to present a certificate it signed (mutual TLS)", "FILE"
+    )
+    caller_tokens: Secret = setting(NO_SECRET, "caller tokens, comma-separated (env only)")  # noqa: RUF009
+    caller_tokens_file: str = setting(
+        "",
+        "a file of caller tokens, one a line: callers must send 'authorization: Bearer <token>' "
+        "(account and access-key modes; or set GATEWAY_CALLER_TOKENS)",
+        "FILE",
+    )
+    allow_anonymous_callers: bool = setting(
+        False,
+        "let unauthenticated callers use the gateway's ZStack credentials on a non-loopback --listen",
+    )
+    zstack_ca_file: str = setting("", "PEM CA bundle to verify an https:// --zstack-url with", "FILE")
+    zstack_insecure_skip_verify: bool = setting(
+        False, "do not verify the certificate of an https:// --zstack-url (unsafe; for tests only)"
+    )
 
     @property
     def tz(self) -> ZoneInfo:
@@ -123,12 +179,21 @@ class Config:
             raise ConfigError("--shutdown-grace must not be negative")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
-        for name in ("upstream_pool_size", "max_upstream_calls", "upstream_attempts", "max_concurrent_rpcs"):
+        if self.workers > 1 and self.listen_port == 0:
+            raise ConfigError("--workers above 1 needs a fixed --listen port, not 0")
+        for name in (
+            "upstream_pool_size",
+            "max_upstream_calls",
+            "upstream_attempts",
+            "max_concurrent_rpcs",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        security.check(self)
         return self
 
 

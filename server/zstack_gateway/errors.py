@@ -53,12 +53,15 @@ ZSTACK_CODES: dict[str, grpc.StatusCode] = {
 #: Newer ZStack builds send a global error code beside the classic one; these mean "invalid session".
 SESSION_GLOBAL_CODES = frozenset({"ORG_ZSTACK_IDENTITY_10020", "ORG_ZSTACK_IDENTITY_10006"})
 
-# Limits that keep the status trailer (grpc-status-details-bin, base64) under gRPC's 8 KiB soft
-# metadata limit whatever ZStack sends: the serialized google.rpc.Status stays under 5,000 bytes
-# (about 6,700 once base64-encoded) and the message under 1,000 characters.
-MAX_DETAILS_BYTES = 5000
-MAX_MESSAGE_CHARS = 1000
+# Limits that keep the status trailers under gRPC's 8 KiB soft metadata limit whatever ZStack sends:
+# the serialized google.rpc.Status stays under 4,500 bytes (6,000 once base64-encoded for
+# grpc-status-details-bin), and grpc-message under 1,000 bytes as sent. grpc percent-encodes the
+# message, so a non-ASCII character costs 3 bytes per UTF-8 byte: a Chinese one costs 9.
+MAX_DETAILS_BYTES = 4500
+MAX_MESSAGE_WIRE_BYTES = 1000
 MAX_CAUSE_DEPTH = 8
+# ZStack codes are short ("SYS.1003", "ORG_ZSTACK_IDENTITY_10020"); ErrorInfo metadata holds at most this.
+MAX_CODE_BYTES = 128
 MAX_FIELD_CHARS = 1024
 CUT_MARK = " [cut by the gateway]"
 
@@ -140,7 +143,10 @@ def from_zstack_error(
         code = ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
     text = error_code.details or error_code.description or "no details given"
     label = zcode or error_code.global_error_code or "error without a code"
-    reason = "ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode or "UNKNOWN").upper()).strip("_")
+    # AIP-193: a reason is UPPER_SNAKE_CASE and at most 63 characters.
+    reason = ("ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode or "UNKNOWN").upper()).strip("_"))[:63].rstrip(
+        "_"
+    )
     return GatewayError(
         code=code,
         message=f"ZStack {label}: {text}",
@@ -172,10 +178,16 @@ def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> Gate
             http_status=status,
         )
     if status in (401, 403):
+        hint = ""
+        if "requestTimeTooSkewed" in text:
+            hint = (
+                "; the request's Date differs from ZStack's clock by more than 15 minutes: check the "
+                "clocks and --access-key-date-zone"
+            )
         return _gateway(
             grpc.StatusCode.UNAUTHENTICATED,
             "ZSTACK_REJECTED_CREDENTIALS",
-            f"ZStack refused the request (HTTP {status}): {text}",
+            f"ZStack refused the request (HTTP {status}): {text}{hint}",
             http_status=status,
         )
     if status == 404:
@@ -311,6 +323,28 @@ def _excerpt(body: bytes) -> str:
 # GatewayError -> grpc.Status
 
 
+def _cut_for_wire(text: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
+    """``text`` cut so that grpc-message, percent-encoded as grpc sends it, takes at most ``limit``
+    bytes (printable ASCII other than '%' goes as is, anything else as %XX per UTF-8 byte)."""
+    budget = limit - len(CUT_MARK)
+    used = 0
+    for index, char in enumerate(text):
+        cost = 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+        if used + cost > budget:
+            rest = sum(
+                1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode("utf-8", "replace"))
+                for c in text[index:]
+            )
+            return text if used + rest <= limit else text[:index] + CUT_MARK
+        used += cost
+    return text
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+
+
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -356,9 +390,9 @@ def _trim_in_place(ec: error_pb2.ErrorCode, depth_left: int, max_chars: int) -> 
 def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
     if err.error_code.code and not err.error_code.code.startswith("GATEWAY."):
-        info.metadata["zstackCode"] = err.error_code.code[:MAX_FIELD_CHARS]
+        info.metadata["zstackCode"] = _cut_bytes(err.error_code.code, MAX_CODE_BYTES)
     if err.error_code.global_error_code:
-        info.metadata["zstackGlobalCode"] = err.error_code.global_error_code[:MAX_FIELD_CHARS]
+        info.metadata["zstackGlobalCode"] = _cut_bytes(err.error_code.global_error_code, MAX_CODE_BYTES)
     if err.http_status is not None:
         info.metadata["httpStatus"] = str(err.http_status)
     return info
@@ -366,7 +400,7 @@ def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
 
 def to_status_proto(err: GatewayError) -> status_pb2.Status:
     """The google.rpc.Status for ``err``, its serialized size under MAX_DETAILS_BYTES."""
-    message = _cut(err.message, MAX_MESSAGE_CHARS)
+    message = _cut_for_wire(err.message)
     extra: list[any_pb2.Any] = []
     info = any_pb2.Any()
     info.Pack(_error_info(err))

@@ -33,6 +33,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics | None = None, prefix: str = "/zstack.v1.") -> None:
         self._prefix = prefix
         self._metrics = metrics
+        #: Calls of the wrapped services in progress (health watches and reflection not counted).
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -60,6 +64,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 vm_instance_uuid=getattr(request, "vm_instance_uuid", None) or None,
             )
             token = observe.current.set(record)
+            self.in_flight += 1
+            self.idle.clear()
             if metrics is not None:
                 metrics.rpcs_in_flight.inc()
             code = grpc.StatusCode.OK
@@ -85,6 +91,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(errors.to_grpc_status(failure))
             finally:
                 observe.current.reset(token)
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.idle.set()
                 _finish(record, code, failure)
 
         return wrapped

@@ -262,3 +262,10 @@ def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return type(exc).__name__
+
+
+#: Extra spellings of some flags (the issue's names): ``--password-file`` is ``--zstack-password-file``.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "zstack_password_file": ("--password-file",),
+    "zstack_access_key_secret_file": ("--access-key-secret-file",),
+}

@@ -11,18 +11,15 @@ from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
 import grpc
-from zstack.v1 import image_pb2
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
-from zstack_gateway import translate, validation
+from zstack_gateway import validation
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.credentials import CallerAuth
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.stream import chunks
+from zstack_gateway.stream import ImageStream
 from zstack_gateway.upstream import ZStackClient
-
-Images = list[image_pb2.ImageInventory]
 
 
 class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
@@ -32,12 +29,12 @@ class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
         *,
         tz: ZoneInfo,
         default_timeout: float,
-        coalescer: Coalescer[Images] | None = None,
+        coalescer: Coalescer[ImageStream] | None = None,
     ) -> None:
         self._client = client
         self._tz = tz
         self._default_timeout = default_timeout
-        self.coalescer: Coalescer[Images] = coalescer if coalescer is not None else Coalescer()
+        self.coalescer: Coalescer[ImageStream] = coalescer if coalescer is not None else Coalescer()
 
     async def GetCandidateIso(
         self,
@@ -49,11 +46,11 @@ class VmInstanceServicer(svc_grpc.VmInstanceServiceServicer):
         deadline = Deadline.start(context.time_remaining(), self._default_timeout)
         key = (caller.identity, query)
         images = await self.coalescer.run(key, lambda: self._fetch(query, caller, deadline), deadline)
-        for message in chunks(images):
+        for message in images.messages():
             yield message
 
     async def _fetch(
         self, query: validation.CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
-    ) -> Images:
-        body = await self._client.get_iso_candidates(query, caller, deadline)
-        return translate.inventories_from_body(body, self._tz)
+    ) -> ImageStream:
+        reply = await self._client.get_iso_candidates(query, caller, deadline)
+        return ImageStream(reply.body, reply.size, self._tz)

@@ -1,45 +1,82 @@
-"""Cuts the image list into stream messages.
+"""Cuts ZStack's image list into stream messages, translating each chunk only when it is sent.
 
-grpcio spends a roughly fixed cost per streamed message, so one message per image makes long
-lists slow; one message for everything makes the first image late and can pass the caller's
-maximum message size. The rules (also documented in the proto):
+grpcio spends a roughly fixed cost per streamed message, so one message per image makes long lists
+slow; one message for everything makes the first image late and can pass the caller's maximum
+message size. Translating chunk by chunk lets the first images leave while later ones are still
+being built, and lets the caller decode one chunk while the gateway builds the next. The rules (also
+documented in the proto):
 
 * the first message holds at most FIRST_CHUNK_IMAGES images, so the first image arrives early;
-* later messages hold up to CHUNK_IMAGES images each;
-* no message grows past about CHUNK_BYTES (a single image larger than that goes alone);
+* later messages hold up to CHUNK_IMAGES images, fewer when images are large, so that a message
+  stays near CHUNK_BYTES (sized from the average image in ZStack's JSON, which is larger than the
+  protobuf form, without measuring every image);
 * an empty list is one message with no images.
+
+An :class:`ImageStream` is shared by coalesced calls: each chunk is translated once, by whichever
+call needs it first, and kept for the others. A chunk that cannot be translated ends every call that
+reaches it with the same error, after the chunks before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from zstack.v1 import image_pb2
 from zstack.v1 import vm_instance_service_pb2 as svc
+
+from zstack_gateway import translate
 
 FIRST_CHUNK_IMAGES = 16
 CHUNK_IMAGES = 512
 CHUNK_BYTES = 1024 * 1024
 
 
-def chunks(
-    images: Iterable[image_pb2.ImageInventory],
-    *,
-    first: int = FIRST_CHUNK_IMAGES,
-    size: int = CHUNK_IMAGES,
-    max_bytes: int = CHUNK_BYTES,
-) -> Iterator[svc.GetCandidateIsoResponse]:
-    batch: list[image_pb2.ImageInventory] = []
-    batch_bytes = 0
-    limit = first
-    sent = False
-    for image in images:
-        image_bytes = image.ByteSize()
-        if batch and (len(batch) >= limit or batch_bytes + image_bytes > max_bytes):
-            yield svc.GetCandidateIsoResponse(inventories=batch)
-            sent = True
-            batch, batch_bytes, limit = [], 0, size
-        batch.append(image)
-        batch_bytes += image_bytes
-    if batch or not sent:
-        yield svc.GetCandidateIsoResponse(inventories=batch)
+def chunk_bounds(count: int, body_bytes: int, *, first: int = FIRST_CHUNK_IMAGES) -> list[tuple[int, int]]:
+    """``(start, stop)`` index pairs of each message for ``count`` images in a ``body_bytes`` body."""
+    if count == 0:
+        return [(0, 0)]
+    per_image = max(1, body_bytes // count)
+    size = max(1, min(CHUNK_IMAGES, CHUNK_BYTES // per_image))
+    bounds = [(0, min(count, first, size))]
+    start = bounds[0][1]
+    while start < count:
+        bounds.append((start, min(count, start + size)))
+        start += size
+    return bounds
+
+
+class ImageStream:
+    """ZStack's answer, checked for shape, translated lazily into stream messages."""
+
+    def __init__(self, body: object, body_bytes: int, tz: ZoneInfo) -> None:
+        self._items: list[Any] = translate.inventory_items(body)
+        self._tz = tz
+        self._bounds = chunk_bounds(len(self._items), body_bytes)
+        self._built: list[svc.GetCandidateIsoResponse] = []
+        self._failure: translate.TranslationError | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def messages(self) -> Iterator[svc.GetCandidateIsoResponse]:
+        for index in range(len(self._bounds)):
+            if index == len(self._built):
+                self._build(index)
+            yield self._built[index]
+
+    def _build(self, index: int) -> None:
+        if self._failure is not None:
+            raise self._failure
+        start, stop = self._bounds[index]
+        try:
+            images = [
+                translate.image_from_json(self._items[i], self._tz, f"inventories[{i}]")
+                for i in range(start, stop)
+            ]
+        except translate.TranslationError as exc:
+            self._failure = exc
+            raise
+        self._built.append(svc.GetCandidateIsoResponse(inventories=images))
+        if len(self._built) == len(self._bounds):
+            self._items = []  # every chunk is built: the parsed JSON is no longer needed

@@ -38,6 +38,7 @@ __all__ = [
     "error_code_from_json",
     "image_from_json",
     "inventories_from_body",
+    "inventory_items",
     "parse_zstack_date",
 ]
 
@@ -394,8 +395,8 @@ def image_from_json(obj: object, tz: ZoneInfo, path: str = "image") -> image_pb2
     return image
 
 
-def inventories_from_body(body: object, tz: ZoneInfo) -> list[image_pb2.ImageInventory]:
-    """Translate a success body ``{"inventories": [ImageInventory, ...]}``; raises TranslationError."""
+def inventory_items(body: object) -> list[Any]:
+    """The still untranslated list of a success body ``{"inventories": [...]}``, its shape checked."""
     if not isinstance(body, dict):
         raise _wrong_type("(body)", "an object", body)
     if "inventories" not in body:
@@ -403,6 +404,12 @@ def inventories_from_body(body: object, tz: ZoneInfo) -> list[image_pb2.ImageInv
     items = body["inventories"]
     if not isinstance(items, list):
         raise _wrong_type("inventories", "a list", items)
+    return items
+
+
+def inventories_from_body(body: object, tz: ZoneInfo) -> list[image_pb2.ImageInventory]:
+    """Translate a success body ``{"inventories": [ImageInventory, ...]}``; raises TranslationError."""
+    items = inventory_items(body)
     return [image_from_json(item, tz, f"inventories[{index}]") for index, item in enumerate(items)]
 
 

@@ -13,13 +13,15 @@ be cancelled mid-body; on loopback aiohttp also costs about a third of requests 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
+import ssl
 import time
+from typing import NamedTuple
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from zstack_gateway import errors, observe
@@ -29,6 +31,13 @@ from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
 from zstack_gateway.validation import CandidateIsoQuery
 
 USER_AGENT = "zstack-grpc-gateway/0.1"
+
+
+class Reply(NamedTuple):
+    """A 200 answer: its parsed JSON and the size of its body in bytes."""
+
+    body: object
+    size: int
 
 
 class ZStackClient:
@@ -71,8 +80,10 @@ class ZStackClient:
     def credentials(self) -> Credentials:
         return self._credentials
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+    async def start(self, ssl_context: ssl.SSLContext | bool = True) -> None:
+        """``ssl_context``: how an https:// ZStack is verified (see tls.zstack_ssl_context); True is
+        aiohttp's default, the system's CA store."""
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, ssl=ssl_context)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Proxy variables of the gateway's environment must not redirect ZStack traffic, and
@@ -117,18 +128,18 @@ class ZStackClient:
 
     async def get_iso_candidates(
         self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
-    ) -> object:
+    ) -> Reply:
         """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the parsed JSON of a 200 answer."""
         return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline)
 
     async def get(
         self, api_path: str, query: list[tuple[str, str]], caller: CallerAuth, deadline: Deadline
-    ) -> object:
+    ) -> Reply:
         """One logical GET: safe retries, and one fresh try after the credentials are refreshed when
         ZStack says the session is invalid (in the modes that hold their own credentials)."""
         url = self.url_for(api_path, query)
 
-        async def attempt() -> object:
+        async def attempt() -> Reply:
             headers = await self._credentials.headers(caller, "GET", api_path)
             return await self._limited(api_path, url, headers, deadline)
 
@@ -141,7 +152,7 @@ class ZStackClient:
                 raise
         return await self._retry.run(attempt, deadline)
 
-    async def _limited(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+    async def _limited(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
         wait = min(self._queue_timeout, deadline.remaining())
         try:
             async with asyncio.timeout(wait):
@@ -155,7 +166,7 @@ class ZStackClient:
         finally:
             self._slots.release()
 
-    async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> object:
+    async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
         """One HTTP request; its outcome is recorded on the call (observe) whatever it is."""
         started = time.monotonic()
         status: int | None = None
@@ -174,11 +185,9 @@ class ZStackClient:
                 metrics.upstream_in_flight.dec()
             observe.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
         try:
-            return json.loads(body)
-        except ValueError as exc:
+            return Reply(orjson.loads(body), len(body))
+        except orjson.JSONDecodeError as exc:
             raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
-        except RecursionError:
-            raise errors.bad_response("the body's JSON is nested too deeply to read") from None
 
     async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, bytes]:
         if self._session is None:
@@ -195,6 +204,13 @@ class ZStackClient:
                     return resp.status, await self._read_body(resp)
         except TimeoutError:
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Retrying cannot fix a certificate: fail at once and say what to check.
+            raise errors.unavailable(
+                f"TLS verification of {url.host}:{url.port} failed ({exc.certificate_error}); "
+                "check --zstack-ca-file",
+                retryable=False,
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or type(exc.os_error).__name__
             raise errors.unavailable(
@@ -249,7 +265,5 @@ def api_label(api_path: str) -> str:
 _UUID_SEGMENT = re.compile(r"/[0-9a-fA-F]{32}(?=/|$)")
 
 
-def _json_problem(exc: ValueError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at byte {exc.pos}"
-    return type(exc).__name__
+def _json_problem(exc: orjson.JSONDecodeError) -> str:
+    return f"{exc.msg} at byte {exc.pos}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from datetime import tzinfo
 from types import TracebackType
@@ -37,6 +38,7 @@ class Simulator:
 
     ``data`` defaults to :func:`demo_data`. ``tz`` is the MN's time zone for Gson dates and AccessKey
     ``Date`` checks. ``content_type`` (default none, like the real MN) is sent on JSON bodies.
+    ``ssl_context`` serves HTTPS (a server-side context holding the certificate) instead of HTTP.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Simulator:
         max_sessions: int = 500,
         check_time_zone: bool = False,
         log_limit: int = 10000,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         config = SimConfig(
             latency_ms=latency_ms,
@@ -64,6 +67,7 @@ class Simulator:
             data if data is not None else demo_data(), config, resolve_tz(tz), log_limit=log_limit
         )
         self.host = host
+        self._ssl_context = ssl_context
         self._requested_port = port
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -78,7 +82,8 @@ class Simulator:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:43123`` (append ``/zstack/v1/...``)."""
-        return f"http://{_url_host(self.host)}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{_url_host(self.host)}:{self.port}"
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -91,7 +96,9 @@ class Simulator:
             access_log=None,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, backlog=1024)
+        site = web.TCPSite(
+            runner, self.host, self._requested_port, backlog=1024, ssl_context=self._ssl_context
+        )
         try:
             await site.start()
         except BaseException:

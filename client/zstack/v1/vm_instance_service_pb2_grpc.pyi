@@ -47,10 +47,14 @@ class VmInstanceServiceStub:
     (ZStack's `GetCandidateIsoForAttachingVm`, `GET /zstack/v1/vm-instances/{vmInstanceUuid}/iso-candidates`).
 
     The list comes as a stream of chunks: concatenating the `inventories` of every message gives
-    ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most a few images,
-    so the first image arrives early; later messages hold more images each, and no message exceeds
-    about 1 MiB. An empty list is one message with no images. A VM that is neither Running nor Stopped
-    has no candidates (ZStack answers with an empty list, not an error).
+    ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most 16 images, so
+    the first image arrives early; later messages hold up to 512 images, fewer when images are large,
+    so that a message stays near 1 MiB. An empty list is one message with no images. A VM that is
+    neither Running nor Stopped has no candidates (ZStack answers with an empty list, not an error).
+
+    Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
+    answer cannot be read, the stream ends with INTERNAL naming the field, possibly after earlier
+    chunks: as for any stream, only a stream that ends with OK carries the whole list.
     """
 
 @_typing.type_check_only
@@ -72,10 +76,14 @@ class VmInstanceServiceAsyncStub(VmInstanceServiceStub):
     (ZStack's `GetCandidateIsoForAttachingVm`, `GET /zstack/v1/vm-instances/{vmInstanceUuid}/iso-candidates`).
 
     The list comes as a stream of chunks: concatenating the `inventories` of every message gives
-    ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most a few images,
-    so the first image arrives early; later messages hold more images each, and no message exceeds
-    about 1 MiB. An empty list is one message with no images. A VM that is neither Running nor Stopped
-    has no candidates (ZStack answers with an empty list, not an error).
+    ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most 16 images, so
+    the first image arrives early; later messages hold up to 512 images, fewer when images are large,
+    so that a message stays near 1 MiB. An empty list is one message with no images. A VM that is
+    neither Running nor Stopped has no candidates (ZStack answers with an empty list, not an error).
+
+    Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
+    answer cannot be read, the stream ends with INTERNAL naming the field, possibly after earlier
+    chunks: as for any stream, only a stream that ends with OK carries the whole list.
     """
 
 class VmInstanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,10 +108,14 @@ class VmInstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         (ZStack's `GetCandidateIsoForAttachingVm`, `GET /zstack/v1/vm-instances/{vmInstanceUuid}/iso-candidates`).
 
         The list comes as a stream of chunks: concatenating the `inventories` of every message gives
-        ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most a few images,
-        so the first image arrives early; later messages hold more images each, and no message exceeds
-        about 1 MiB. An empty list is one message with no images. A VM that is neither Running nor Stopped
-        has no candidates (ZStack answers with an empty list, not an error).
+        ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most 16 images, so
+        the first image arrives early; later messages hold up to 512 images, fewer when images are large,
+        so that a message stays near 1 MiB. An empty list is one message with no images. A VM that is
+        neither Running nor Stopped has no candidates (ZStack answers with an empty list, not an error).
+
+        Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
+        answer cannot be read, the stream ends with INTERNAL naming the field, possibly after earlier
+        chunks: as for any stream, only a stream that ends with OK carries the whole list.
         """
 
 def add_VmInstanceServiceServicer_to_server(servicer: VmInstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

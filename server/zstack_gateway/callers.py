@@ -1,0 +1,144 @@
+"""Who may call the gateway: caller tokens (``authorization: Bearer <token>``).
+
+In account and AccessKey modes the gateway holds ZStack credentials, so anyone who reaches it acts as
+that ZStack account. Callers are then authenticated by mutual TLS (see :mod:`zstack_gateway.tls`),
+by caller tokens (this module), or not at all when the gateway listens on loopback only or the
+operator said ``--allow-anonymous-callers`` (see :func:`zstack_gateway.security.check`).
+
+The token check applies to the zstack.v1 services only: health and reflection stay open, so load
+balancers and probes work without a token (they reveal nothing of ZStack). Each presented token is
+compared with every configured token in constant time (SHA-256 of both, then
+``hmac.compare_digest``), so neither the tokens' content nor their lengths leak through timing.
+A token is never logged or echoed in a status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+from zstack_gateway import security
+from zstack_gateway.config import Config
+from zstack_gateway.errors import GatewayError, gateway_error_code
+from zstack_gateway.secret import Secret
+
+log = logging.getLogger("zstack_gateway.callers")
+
+if TYPE_CHECKING:
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
+
+Metadata = Sequence[tuple[str, str | bytes]] | None
+
+
+def _unauthenticated(reason: str, message: str) -> GatewayError:
+    return GatewayError(
+        code=grpc.StatusCode.UNAUTHENTICATED,
+        message=message,
+        reason=reason,
+        error_code=gateway_error_code(reason, message),
+    )
+
+
+class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls to methods under ``prefix`` that carry no valid caller token.
+
+    A refused call's handler raises an UNAUTHENTICATED GatewayError; put this interceptor *after*
+    the gateway's status interceptor in the server's list, so that interceptor turns it into a
+    status (with its ErrorInfo), logs and counts it like any other failure.
+    """
+
+    def __init__(self, tokens: Sequence[Secret], prefix: str = "/zstack.v1.") -> None:
+        if not tokens:
+            raise ValueError("CallerTokenInterceptor needs at least one token")
+        self._digests = [hashlib.sha256(t.reveal().encode()).digest() for t in tokens]
+        self._prefix = prefix
+
+    def check(self, metadata: Metadata) -> GatewayError | None:
+        """None when the metadata carries a configured token, else the error to send."""
+        presented = [
+            v for k, v in (metadata or ()) if k == "authorization" and isinstance(v, str) and v.strip()
+        ]
+        bearer = [v.strip()[7:].strip() for v in presented if v.strip()[:7].lower() == "bearer "]
+        if not bearer:
+            return _unauthenticated(
+                "CALLER_TOKEN_MISSING",
+                "this gateway requires a caller token: send metadata 'authorization: Bearer <token>'",
+            )
+        if len(bearer) > 1:
+            return _unauthenticated("CALLER_TOKEN_INVALID", "send exactly one 'authorization: Bearer' entry")
+        digest = hashlib.sha256(bearer[0].encode()).digest()
+        matched = False
+        for known in self._digests:  # every token, no early exit
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            return _unauthenticated("CALLER_TOKEN_INVALID", "the caller token is not valid for this gateway")
+        return None
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        problem = self.check(handler_call_details.invocation_metadata)
+        if problem is None:
+            return handler
+        dynamic: Any = handler
+        if dynamic.unary_stream is not None:
+            return dynamic._replace(unary_stream=_refuse_stream(problem))  # type: ignore[no-any-return]
+        if dynamic.unary_unary is not None:
+            return dynamic._replace(unary_unary=_refuse_unary(problem))  # type: ignore[no-any-return]
+        return None  # a streaming-request method: none exists in zstack.v1; refuse by UNIMPLEMENTED
+
+
+def _refuse_stream(problem: GatewayError) -> Callable[..., AsyncIterator[Any]]:
+    async def refused(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        nothing: tuple[Any, ...] = ()
+        for message in nothing:  # an async generator, like the handler it replaces
+            yield message
+        raise _copy(problem)
+
+    return refused
+
+
+def _refuse_unary(problem: GatewayError) -> Callable[..., Awaitable[Any]]:
+    async def refused(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        raise _copy(problem)
+
+    return refused
+
+
+def _copy(problem: GatewayError) -> GatewayError:
+    return GatewayError(problem.code, problem.message, problem.reason, problem.error_code)
+
+
+def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:
+    """The caller-authentication interceptors ``config`` asks for (none, or the token check)."""
+    tokens = security.caller_tokens(config)
+    if not tokens:
+        if config.auth_mode != security.PASSTHROUGH and not config.tls_client_ca:
+            if security.is_loopback(config.listen_host):
+                log.info("callers are not authenticated: the gateway listens on loopback only")
+            else:
+                log.warning(
+                    "--allow-anonymous-callers: anyone who can reach %s calls ZStack as the gateway's "
+                    "credentials (--auth-mode %s)",
+                    config.listen,
+                    config.auth_mode,
+                )
+        return []
+    if not config.tls_cert and not security.is_loopback(config.listen_host):
+        log.warning(
+            "caller tokens travel in clear text on %s: serve TLS (--tls-cert, --tls-key) so they "
+            "cannot be read on the network",
+            config.listen,
+        )
+    log.info("callers must send one of %d caller tokens ('authorization: Bearer ...')", len(tokens))
+    return [CallerTokenInterceptor(tokens)]

@@ -1,0 +1,143 @@
+"""A Node.js service calling the gateway (tests/node/client.js, @grpc/grpc-js + proto-loader).
+
+What a JavaScript caller sees must equal what a Python caller sees: the same images in the same
+proto3 JSON form, and on failure the same google.rpc.Status, decoded by Node from the
+``grpc-status-details-bin`` trailer (the ZStack ErrorCode, ErrorInfo and BadRequest details).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import zstack_sim
+from conftest import AUTH, SESSION
+from google.protobuf import json_format
+from grpc_status import rpc_status
+from harness import GatewayThread, SimControl
+from zstack.v1 import error_pb2, vm_instance_service_pb2
+from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT = ROOT / "tests" / "node" / "client.js"
+NODE = shutil.which("node")
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed"),
+    pytest.mark.skipif(
+        not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir(),
+        reason="@grpc/grpc-js is installed by `make node`",
+    ),
+]
+
+
+def run_node(target: str, vm_uuid: str, *, session: str = SESSION) -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    return subprocess.run(
+        [NODE, str(CLIENT), target, vm_uuid, "--session", session, "--timeout", "10"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
+def python_images(target: str, vm_uuid: str) -> list[dict[str, Any]]:
+    with grpc.insecure_channel(target) as channel:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        request = vm_instance_service_pb2.GetCandidateIsoRequest(vm_instance_uuid=vm_uuid)
+        return [
+            json_format.MessageToDict(image)
+            for chunk in stub.GetCandidateIso(request, metadata=AUTH, timeout=10)
+            for image in chunk.inventories
+        ]
+
+
+def python_status(target: str, vm_uuid: str) -> dict[str, Any]:
+    """The google.rpc.Status of a failing call, as Python decodes it, in proto3 JSON form."""
+    with grpc.insecure_channel(target) as channel:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        request = vm_instance_service_pb2.GetCandidateIsoRequest(vm_instance_uuid=vm_uuid)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.GetCandidateIso(request, metadata=AUTH, timeout=10))
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    assert status is not None
+    return json_format.MessageToDict(status)
+
+
+def node_status(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert out.stdout == ""
+    status: dict[str, Any] = json.loads(out.stderr.strip().splitlines()[-1])
+    return status
+
+
+def comparable(status: dict[str, Any]) -> dict[str, Any]:
+    """The status without what differs between two calls: Node's codeName and ZStack's ``cost`` (its
+    time taken)."""
+    details = [{k: v for k, v in d.items() if k != "cost"} for d in status.get("details", [])]
+    return {**{k: v for k, v in status.items() if k != "codeName"}, "details": details}
+
+
+def details_of(status: dict[str, Any], type_name: str) -> list[dict[str, Any]]:
+    url = f"type.googleapis.com/{type_name}"
+    return [d for d in status.get("details", []) if d["@type"] == url]
+
+
+@pytest.fixture
+def target(gateway: GatewayThread, sim: SimControl) -> str:
+    return gateway.target
+
+
+def test_node_streams_the_same_images_as_python(target: str) -> None:
+    out = run_node(target, zstack_sim.DEMO_VM_UUID)
+    assert out.returncode == 0, out.stderr
+    messages = [json.loads(line) for line in out.stdout.splitlines()]
+    assert messages, "no stream message printed"
+    images = [image for message in messages for image in message.get("inventories", [])]
+    assert "TinyLinux" in [image["name"] for image in images]
+    # ZStack's keys, int64 as strings and RFC 3339 dates: the proto3 JSON form, as Python prints it.
+    assert "backupStorageRefs" in images[0]
+    assert images == python_images(target, zstack_sim.DEMO_VM_UUID)
+
+
+def test_node_decodes_not_found_with_zstack_error_code(target: str) -> None:
+    status = node_status(run_node(target, zstack_sim.DEMO_MISSING_VM_UUID))
+    assert status["codeName"] == "NOT_FOUND"
+    assert status["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "ZStack SYS.1003" in status["message"]
+    [error_code] = details_of(status, "zstack.v1.ErrorCode")
+    assert error_code["code"] == "SYS.1003"
+    assert "not found" in error_code["details"]
+    [info] = details_of(status, "google.rpc.ErrorInfo")
+    assert info["reason"] == "ZSTACK_SYS_1003"
+    assert info["metadata"]["zstackCode"] == "SYS.1003"
+    # Field by field what Python decodes from the same kind of trailer.
+    assert comparable(status) == comparable(python_status(target, zstack_sim.DEMO_MISSING_VM_UUID))
+    # And the ErrorCode reads back into the Python message unchanged.
+    fields = {k: v for k, v in error_code.items() if k != "@type"}
+    assert json_format.ParseDict(fields, error_pb2.ErrorCode()).code == "SYS.1003"
+
+
+def test_node_decodes_a_bad_request(target: str) -> None:
+    status = node_status(run_node(target, "not-a-uuid"))
+    assert status["codeName"] == "INVALID_ARGUMENT"
+    [bad_request] = details_of(status, "google.rpc.BadRequest")
+    assert bad_request["fieldViolations"][0]["field"] == "vm_instance_uuid"
+    assert comparable(status) == comparable(python_status(target, "not-a-uuid"))
+
+
+def test_node_reports_an_unreachable_gateway_without_details() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    status = node_status(run_node(f"127.0.0.1:{port}", zstack_sim.DEMO_VM_UUID))
+    assert status["codeName"] == "UNAVAILABLE"
+    assert "details" not in status

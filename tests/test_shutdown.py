@@ -1,0 +1,276 @@
+"""Graceful shutdown of the real ``zstack-gateway`` process (README "Shutdown").
+
+SIGTERM turns health to NOT_SERVING, stops taking calls, lets in-flight calls finish within
+``--shutdown-grace`` and exits 0; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+import zstack_sim
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import SimControl
+from zstack.v1 import vm_instance_service_pb2 as svc
+from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+
+C = grpc.StatusCode
+AUTH = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
+GATEWAY_BIN = Path(sys.executable).with_name("zstack-gateway")
+STREAMS = 50
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GatewayProcess:
+    """``zstack-gateway`` as a child process on a free loopback port; stderr goes to ``log_path``."""
+
+    def __init__(self, zstack_url: str, log_path: Path, *flags: str) -> None:
+        # The child reads GATEWAY_*/ZSTACK_* from its environment: only the flags given here count.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_"))}
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(GATEWAY_BIN), "--listen", "127.0.0.1:0", "--zstack-url", zstack_url, *flags],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+        )
+        self.target = self._wait_ready(timeout=20)
+
+    def _wait_ready(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        end = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < end:
+                if not sel.select(timeout=max(0.0, end - time.monotonic())):
+                    break
+                line = self.proc.stdout.readline().decode(errors="replace")
+                if not line:
+                    break
+                if " ready on " in line:
+                    return line.split(" ready on ", 1)[1].split()[0].rstrip(",")
+        self.kill()
+        raise RuntimeError(f"the gateway did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def slow_simulator() -> Iterator[SimControl]:
+    with zstack_sim.run_in_thread(zstack_sim.demo_data()) as sim:
+        control = SimControl(sim.url)
+        yield control
+
+
+@pytest.fixture
+def slow_sim(slow_simulator: SimControl) -> Iterator[SimControl]:
+    slow_simulator.reset()
+    yield slow_simulator
+    slow_simulator.reset()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path, slow_sim: SimControl) -> Iterator:
+    started: list[GatewayProcess] = []
+
+    def start(*flags: str) -> GatewayProcess:
+        gw = GatewayProcess(slow_sim.url, tmp_path / f"gateway-{len(started)}.log", *flags)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.kill()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+class HealthWatch:
+    """A Health/Watch stream read in a thread: (monotonic time, status) of every update. With
+    ``leave_on_not_serving`` the watcher hangs up once it sees NOT_SERVING (a load balancer that
+    drops the backend); without it, it stays until the server ends the stream (grpc's client-side
+    health checking keeps one such stream per connection)."""
+
+    def __init__(self, channel: grpc.Channel, *, leave_on_not_serving: bool) -> None:
+        self.updates: list[tuple[float, int]] = []
+        self.ended_with: grpc.StatusCode | None = None
+        self._leave = leave_on_not_serving
+        self._call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self.updates.append((time.monotonic(), response.status))
+                if self._leave and response.status == NOT_SERVING:
+                    self._call.cancel()
+        except grpc.RpcError as err:
+            self.ended_with = err.code()
+
+    def first(self, status: int) -> float | None:
+        return next((t for t, s in self.updates if s == status), None)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self._thread.join(5)
+
+
+def stream_once(stub, index: int, timeout: float) -> tuple[float, grpc.StatusCode, int]:
+    """One GetCandidateIso; distinct tags so that calls are not coalesced into one upstream request."""
+    request = svc.GetCandidateIsoRequest(
+        vm_instance_uuid=zstack_sim.DEMO_VM_UUID, user_tags=[f"stream-{index}"]
+    )
+    images = 0
+    try:
+        for chunk in stub.GetCandidateIso(request, metadata=AUTH, timeout=timeout):
+            images += len(chunk.inventories)
+    except grpc.RpcError as err:
+        return time.monotonic(), err.code(), images
+    return time.monotonic(), C.OK, images
+
+
+def drain_with_sigterm(gw: GatewayProcess, sim: SimControl, grace: float, *, leave_on_not_serving: bool):
+    """50 streams in flight (1 s upstream latency each), then SIGTERM. Returns the stream results,
+    the health updates, the exit code and the times of the signal and of the exit."""
+    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(STREAMS) as pool:
+        watch = HealthWatch(channel, leave_on_not_serving=leave_on_not_serving)
+        assert wait_until(lambda: watch.first(SERVING) is not None, timeout=5), watch.updates
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(STREAMS)]
+        # Every stream has its upstream request waiting in the simulator's latency.
+        assert wait_until(lambda: sim.stats()["in_flight"] >= STREAMS, timeout=5), sim.stats()
+        sent = time.monotonic()
+        gw.signal(signal.SIGTERM)
+
+        # A new caller is turned away while the others drain.
+        assert wait_until(lambda: watch.first(NOT_SERVING) is not None, timeout=2), watch.updates
+        with grpc.insecure_channel(gw.target) as late:
+            _, late_code, _ = stream_once(svc_grpc.VmInstanceServiceStub(late), STREAMS, 2.0)
+
+        results = [f.result(timeout=grace + 5) for f in futures]
+        rc = gw.wait(timeout=grace + 5)
+        exited = time.monotonic()
+        watch.cancel()
+    return results, late_code, watch, rc, sent, exited
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_zero(start_gateway, slow_sim: SimControl):
+    grace = 5.0
+    slow_sim.config(latency_ms=1000)
+    gw = start_gateway("--shutdown-grace", str(grace), "--max-upstream-calls", str(STREAMS + 14))
+    results, late_code, watch, rc, sent, exited = drain_with_sigterm(
+        gw, slow_sim, grace, leave_on_not_serving=True
+    )
+
+    assert late_code == C.UNAVAILABLE
+    assert [code for _, code, _ in results] == [C.OK] * STREAMS
+    assert all(images == 5 for _, _, images in results)
+    not_serving = watch.first(NOT_SERVING)
+    assert not_serving is not None
+    assert sent <= not_serving < min(done for done, _, _ in results), "health flipped after the calls ended"
+    assert rc == 0, gw.log()
+    assert exited - sent < grace
+    assert "Traceback" not in gw.log()
+
+
+def test_an_open_health_watch_does_not_hold_the_shutdown(start_gateway, slow_sim: SimControl):
+    """grpc's server.stop(grace) waits for every RPC, and a Watch stream never ends by itself: the
+    gateway must not let one hold the shutdown once its own calls are done."""
+    grace = 3.0
+    slow_sim.config(latency_ms=1000)
+    gw = start_gateway("--shutdown-grace", str(grace), "--max-upstream-calls", str(STREAMS + 14))
+    results, _, _, rc, sent, exited = drain_with_sigterm(gw, slow_sim, grace, leave_on_not_serving=False)
+
+    assert [code for _, code, _ in results] == [C.OK] * STREAMS
+    assert rc == 0, gw.log()
+    last_call = max(done for done, _, _ in results)
+    assert exited - sent < grace
+    assert exited - last_call < 1.0, f"exited {exited - last_call:.2f} s after the last call ended"
+
+
+def test_second_sigterm_during_a_long_grace_exits_at_once(start_gateway, slow_sim: SimControl):
+    """Observed: exit code 0 (the forced stop still returns from main normally); the calls still in
+    flight end with UNAVAILABLE when the process goes."""
+    grace = 60.0
+    slow_sim.fault(action="hang")
+    gw = start_gateway("--shutdown-grace", str(grace))
+    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(5) as pool:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(5)]
+        assert wait_until(lambda: slow_sim.stats()["in_flight"] >= 5, timeout=5), slow_sim.stats()
+        gw.signal(signal.SIGTERM)
+        assert gw.wait(timeout=1.0) is None, "the first SIGTERM did not wait for the hung calls"
+        second = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        rc = gw.wait(timeout=5.0)
+        took = time.monotonic() - second
+        results = [f.result(timeout=10) for f in futures]
+
+    assert rc is not None, "the second SIGTERM did not end the process"
+    assert took < 2.0, f"the second SIGTERM took {took:.2f} s"
+    assert rc == 0, gw.log()
+    assert all(code != C.OK for _, code, _ in results)
+    assert {code for _, code, _ in results} <= {C.UNAVAILABLE, C.CANCELLED}, results
+
+
+def test_calls_still_running_when_the_grace_ends_are_cut_and_the_exit_is_zero(
+    start_gateway, slow_sim: SimControl
+):
+    grace = 1.0
+    slow_sim.fault(action="hang")
+    gw = start_gateway("--shutdown-grace", str(grace))
+    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(5) as pool:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(5)]
+        assert wait_until(lambda: slow_sim.stats()["in_flight"] >= 5, timeout=5), slow_sim.stats()
+        sent = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        rc = gw.wait(timeout=grace + 5)
+        took = time.monotonic() - sent
+        results = [f.result(timeout=10) for f in futures]
+
+    assert rc == 0, gw.log()
+    assert grace - 0.1 <= took < grace + 1.0, f"exited {took:.2f} s after SIGTERM, grace {grace} s"
+    assert {code for _, code, _ in results} <= {C.UNAVAILABLE, C.CANCELLED}, results
+    # The upstream requests were abandoned with the calls.
+    assert wait_until(lambda: slow_sim.stats()["in_flight"] == 0, timeout=2), slow_sim.stats()

@@ -1,0 +1,538 @@
+"""Upstream faults, one at a time: every way ZStack (or what stands in front of it) can misbehave.
+
+For each fault the caller gets the README's gRPC code, within its deadline plus SLACK, the gateway
+logs no unexpected error, and the very next normal call through the same gateway succeeds (the
+connection pool survived). Faults come from the simulator's fault injection, or, for what the
+simulator cannot do (a listener that never answers, a peer that closes politely mid-answer, a
+chunked body without Content-Length), from :class:`RawUpstream`, a tiny HTTP peer on loopback.
+
+The gateway may retry the safe failures (refused, closed before any byte, a proxy's 502/503/504,
+SYS.1010/SYS.1012), so these tests assert codes and timing, never upstream request counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import zstack_sim
+from harness import GatewayThread, SimControl
+from statuses import Decoded, decode
+from zstack.v1 import vm_instance_service_pb2 as svc
+from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_gateway import Config
+
+C = grpc.StatusCode
+VM = zstack_sim.DEMO_VM_UUID
+AUTH = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
+#: The caller's deadline in these tests, and how late past it an answer may come.
+DEADLINE = 0.8
+SLACK = 0.25
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def call(stub, vm: str = VM, timeout: float = DEADLINE) -> tuple[Decoded | None, float, int]:
+    """One GetCandidateIso: (the decoded error or None, seconds taken, images received)."""
+    request = svc.GetCandidateIsoRequest(vm_instance_uuid=vm)
+    started = time.monotonic()
+    received = 0
+    try:
+        for chunk in stub.GetCandidateIso(request, metadata=AUTH, timeout=timeout):
+            received += len(chunk.inventories)
+    except grpc.RpcError as err:
+        return decode(err), time.monotonic() - started, received
+    return None, time.monotonic() - started, received
+
+
+def fail(stub, vm: str = VM, timeout: float = DEADLINE) -> tuple[Decoded, float]:
+    d, elapsed, _ = call(stub, vm, timeout)
+    assert d is not None, "the call succeeded; a failure was expected"
+    assert elapsed < timeout + SLACK, f"answered after {elapsed:.3f} s, deadline {timeout} s"
+    return d, elapsed
+
+
+def assert_normal_call_succeeds(stub, vm: str = VM, images: int | None = None) -> None:
+    d, _, received = call(stub, vm, timeout=5.0)
+    assert d is None, f"the normal call after the fault failed: {d}"
+    if images is not None:
+        assert received == images
+
+
+def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """ERROR records of the gateway's and grpc's loggers that carry a traceback (an exception the
+    gateway did not expect), and anything asyncio reported on the gateway's own thread (an
+    exception nobody retrieved, a callback that failed). The gateway may log failed calls at ERROR
+    without a traceback; those are its business, not an unhandled exception."""
+    found = []
+    for r in caplog.records:
+        if r.levelno < logging.ERROR:
+            continue
+        ours = r.name.startswith(("zstack_gateway", "grpc"))
+        if (ours and (r.exc_info or "Traceback" in r.getMessage())) or (
+            r.name == "asyncio" and r.threadName == "gateway"
+        ):
+            found.append(r)
+    return found
+
+
+def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    found = gateway_tracebacks(caplog)
+    assert not found, "the gateway logged unexpected exceptions:\n" + "\n".join(
+        f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "") for r in found
+    )
+
+
+def wait_until(predicate, timeout: float = 2.0, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def errors_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.ERROR)
+    return caplog
+
+
+# ---------------------------------------------------------------------------------------------
+# A raw HTTP peer on loopback, for what the simulator cannot do
+
+
+HOLD = "hold"  # accept, then never read nor write
+CLOSE = "close"  # read the request head, then close (FIN) without a byte of answer
+
+GOOD_BODY = b'{"inventories":[{"uuid":"cb2c34a46a753c5ab95807fabbae56af","name":"TinyLinux"}]}'
+GOOD_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(GOOD_BODY) + GOOD_BODY
+)
+
+
+class RawUpstream:
+    """A listener on 127.0.0.1 that answers every connection as ``mode`` says: ``HOLD``, ``CLOSE``,
+    or bytes to send as they are before closing the connection."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.mode: str | bytes = GOOD_ANSWER
+        self.held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(64)
+        self._sock.settimeout(0.1)
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="raw-upstream", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            mode = self.mode
+            if mode == HOLD:
+                with self._lock:
+                    self.held.append(conn)
+                continue
+            threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket, mode: str | bytes) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                if isinstance(mode, bytes):
+                    conn.sendall(mode)
+                conn.shutdown(socket.SHUT_WR)
+                # Let the client read everything before the socket goes, so it sees a FIN, not a RST.
+                while conn.recv(65536):
+                    pass
+
+    def held_closed_by_peer(self, timeout: float = 1.0) -> bool:
+        """True when the gateway closed every held connection (read what it sent, then EOF)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            held = list(self.held)
+        for conn in held:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                conn.settimeout(remaining)
+                try:
+                    if not conn.recv(65536):
+                        break
+                except TimeoutError:
+                    return False
+                except OSError:
+                    break
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+        with self._lock:
+            for conn in self.held:
+                conn.close()
+            self.held.clear()
+
+
+@pytest.fixture(scope="module")
+def raw_upstream() -> Iterator[RawUpstream]:
+    upstream = RawUpstream()
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture(scope="module")
+def raw_gateway(raw_upstream: RawUpstream) -> Iterator[svc_grpc.VmInstanceServiceStub]:
+    gw = GatewayThread(
+        Config(
+            listen="127.0.0.1:0", zstack_url=raw_upstream.url, default_timeout=5.0, max_body_bytes=4096
+        ).check()
+    )
+    with gw.channel() as ch:
+        yield svc_grpc.VmInstanceServiceStub(ch)
+    gw.stop()
+
+
+@pytest.fixture
+def raw(raw_upstream: RawUpstream) -> Iterator[RawUpstream]:
+    raw_upstream.mode = GOOD_ANSWER
+    yield raw_upstream
+    raw_upstream.mode = GOOD_ANSWER
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection-level faults from the simulator
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        pytest.param({"action": "reset"}, C.UNAVAILABLE, id="reset-before-status-line"),
+        pytest.param({"action": "reset_mid_body"}, C.UNAVAILABLE, id="reset-mid-body"),
+    ],
+)
+def test_broken_connection_is_unavailable(stub, sim: SimControl, errors_log, fault, code):
+    sim.fault(**fault)
+    d, _ = fail(stub)
+    assert d.code == code
+    assert d.info.reason == "UPSTREAM_UNAVAILABLE"
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"action": "drip", "interval": 0.1}, id="drip-a-byte-every-100ms"),
+        pytest.param({"action": "headers_then_silence"}, id="headers-then-silence"),
+        pytest.param({"action": "hang"}, id="hang-before-status-line"),
+    ],
+)
+def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
+    stub, sim: SimControl, errors_log, fault
+):
+    sim.fault(**fault)
+    d, elapsed = fail(stub)
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert elapsed >= DEADLINE - 0.05, f"gave up after {elapsed:.3f} s, before the deadline"
+    # The stalled upstream request was abandoned, not left running in the pool.
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers the gateway cannot read
+
+
+def _deep(levels: int) -> str:
+    return '{"inventories": [' + "[" * levels + "]" * levels + "]}"
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [
+        pytest.param({"action": "truncate"}, "not valid JSON", id="truncated-json"),
+        pytest.param(
+            {"action": "respond", "status": 200, "body": "{not json"}, "not valid JSON", id="invalid-json"
+        ),
+        pytest.param({"action": "respond", "status": 200, "body": ""}, "not valid JSON", id="empty-body"),
+        pytest.param(
+            {"action": "respond", "status": 200, "body": '{"total": 3}'}, "inventories", id="no-inventories"
+        ),
+        pytest.param(
+            {"action": "respond", "status": 200, "body": '{"inventories": [{"uuid": "x", "size": "big"}]}'},
+            "inventories[0].size",
+            id="size-as-string",
+        ),
+        pytest.param(
+            {"action": "respond", "status": 200, "body": '{"inventories": {"uuid": "x"}}'},
+            "inventories",
+            id="inventories-not-a-list",
+        ),
+        pytest.param(
+            {"action": "respond", "status": 200, "body": '{"inventories": ["an image"]}'},
+            "inventories[0]",
+            id="image-not-an-object",
+        ),
+        pytest.param({"action": "respond", "status": 200, "body": "[]"}, "", id="body-a-list"),
+        pytest.param({"action": "respond", "status": 200, "body": "null"}, "", id="body-null"),
+        pytest.param({"action": "respond", "status": 200, "body": _deep(5000)}, "", id="nested-5000-deep"),
+    ],
+)
+def test_unreadable_answer_is_internal_bad_response(stub, sim: SimControl, errors_log, fault, needle):
+    sim.fault(**fault)
+    d, _ = fail(stub)
+    assert d.code == C.INTERNAL
+    assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+    assert needle in d.message
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP statuses that are not ZStack's JSON
+
+
+def _html(status: int, title: str) -> str:
+    return f"<html><head><title>{status} {title}</title></head><body><center>nginx</center></body></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "reason"),
+    [
+        pytest.param(502, _html(502, "Bad Gateway"), C.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", id="html-502"),
+        pytest.param(
+            503, _html(503, "Service Unavailable"), C.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", id="html-503"
+        ),
+        pytest.param(
+            504, _html(504, "Gateway Time-out"), C.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", id="html-504"
+        ),
+        pytest.param(400, "Invalid header[X-Job-UUID]", C.INTERNAL, "ZSTACK_BAD_REQUEST", id="text-400"),
+        pytest.param(
+            400,
+            "missing header 'Authorization'",
+            C.UNAUTHENTICATED,
+            "ZSTACK_REJECTED_CREDENTIALS",
+            id="text-400-auth",
+        ),
+        pytest.param(
+            404, "no api mapping to /v1/vm-instances", C.UNIMPLEMENTED, "ZSTACK_API_NOT_FOUND", id="text-404"
+        ),
+        pytest.param(
+            500, "java.lang.NullPointerException", C.INTERNAL, "ZSTACK_INTERNAL_ERROR", id="text-500"
+        ),
+        pytest.param(
+            202,
+            '{"location": "http://mn/zstack/v1/api-jobs/x"}',
+            C.INTERNAL,
+            "ZSTACK_UNEXPECTED_ASYNC_REPLY",
+            id="202-on-sync-api",
+        ),
+    ],
+)
+def test_non_zstack_status_maps_to_its_code(stub, sim: SimControl, errors_log, status, body, code, reason):
+    sim.fault(action="respond", status=status, body=body)
+    d, _ = fail(stub)
+    assert d.code == code
+    assert d.info.reason == reason
+    assert d.info.metadata["httpStatus"] == str(status)
+    assert "<" not in d.message  # HTML is reduced to its title, never passed on
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# ZStack's own errors about time and readiness
+
+
+def test_zstack_timeout_under_the_callers_deadline_is_deadline_exceeded(stub, sim: SimControl, errors_log):
+    sim.fault(action="zstack_error", code="SYS.1001", details="the API timed out after 1 s")
+    d, _ = fail(stub)
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert d.error_code is not None and d.error_code.code == "SYS.1001"
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_log):
+    sim.fault(action="zstack_error", code="SYS.1010", details="management node[uuid:x] is not ready yet")
+    d, _ = fail(stub)
+    assert d.code == C.UNAVAILABLE
+    assert d.info.reason == "ZSTACK_SYS_1010"
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: SimControl, errors_log):
+    """ZStack localises its messages; a zh_CN management node writes Chinese details. grpc-message is
+    percent-encoded (9 bytes per Chinese character), so the whole trailer, not only the details, must
+    stay under the caller's 8 KiB metadata limit, else the caller's grpc refuses it and reports
+    RESOURCE_EXHAUSTED instead of NOT_FOUND."""
+    sim.fault(action="zstack_error", code="SYS.1003", details="资源未找到，请检查输入" * 200)
+    request = svc.GetCandidateIsoRequest(vm_instance_uuid=VM)
+    # grpc refuses trailers between its soft and hard limits at random: 20 calls make it certain.
+    for _ in range(20):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.GetCandidateIso(request, metadata=AUTH, timeout=DEADLINE))
+        assert info.value.code() == C.NOT_FOUND, info.value.details()
+    assert decode(info.value).error_code.code == "SYS.1003"
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# The body size cap
+
+
+def test_body_over_the_cap_is_internal_and_the_pool_survives(simulator, sim: SimControl, errors_log):
+    """A gateway with a 4 KiB cap: the demo VM's answer (about 4.4 KiB) and a 64 KiB fault body are
+    both over it; a small answer right after still works."""
+    gw = GatewayThread(
+        Config(
+            listen="127.0.0.1:0", zstack_url=simulator.url, default_timeout=5.0, max_body_bytes=4096
+        ).check()
+    )
+    try:
+        with gw.channel() as ch:
+            stub = svc_grpc.VmInstanceServiceStub(ch)
+            d, _ = fail(stub)  # the real answer, with more data than the cap
+            assert d.code == C.INTERNAL
+            assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+            assert "4096" in d.message
+            sim.fault(action="respond", status=200, body='{"inventories": []}' + " " * 65536)
+            d, _ = fail(stub)
+            assert d.code == C.INTERNAL
+            assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+            sim.clear_faults()
+            assert_normal_call_succeeds(stub, zstack_sim.DEMO_STOPPED_VM_UUID, images=1)
+    finally:
+        gw.stop()
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_chunked_body_over_the_cap_without_content_length(raw_gateway, raw: RawUpstream, errors_log):
+    chunk = b"2000\r\n" + b" " * 0x2000 + b"\r\n"
+    raw.mode = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 4 + b"0\r\n\r\n"
+    d, _ = fail(raw_gateway)
+    assert d.code == C.INTERNAL
+    assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+    assert "cap" in d.message
+    raw.mode = GOOD_ANSWER
+    assert_normal_call_succeeds(raw_gateway, images=1)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers the simulator cannot play
+
+
+def test_connection_refused_is_unavailable_and_the_gateway_recovers(errors_log):
+    port = free_port()  # nothing listens there once the probe socket is closed
+    gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=f"http://127.0.0.1:{port}").check())
+    upstream = None
+    try:
+        with gw.channel() as ch:
+            stub = svc_grpc.VmInstanceServiceStub(ch)
+            d, _ = fail(stub)
+            assert d.code == C.UNAVAILABLE
+            assert d.info.reason == "UPSTREAM_UNAVAILABLE"
+            upstream = RawUpstream(port)  # ZStack comes up on that port
+            assert_normal_call_succeeds(stub, images=1)
+    finally:
+        gw.stop()
+        if upstream is not None:
+            upstream.close()
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawUpstream, errors_log):
+    raw.mode = HOLD
+    d, elapsed = fail(raw_gateway)
+    assert d.code == C.DEADLINE_EXCEEDED
+    assert elapsed >= DEADLINE - 0.05
+    # The gateway gave up on the connection at the deadline: the peer sees it closed.
+    assert raw.held_closed_by_peer(timeout=1.0)
+    raw.mode = GOOD_ANSWER
+    assert_normal_call_succeeds(raw_gateway, images=1)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(CLOSE, id="closed-before-status-line"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + GOOD_BODY, id="closed-mid-body"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Len", id="closed-mid-headers"),
+    ],
+)
+def test_connection_closed_early_is_unavailable(raw_gateway, raw: RawUpstream, errors_log, mode):
+    raw.mode = mode
+    d, _ = fail(raw_gateway)
+    assert d.code == C.UNAVAILABLE
+    assert d.info.reason == "UPSTREAM_UNAVAILABLE"
+    raw.mode = GOOD_ANSWER
+    assert_normal_call_succeeds(raw_gateway, images=1)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_body_that_is_not_utf8_is_internal_bad_response(raw_gateway, raw: RawUpstream, errors_log):
+    body = b'{"inventories": [{"uuid": "\xff\xfe", "name": "x"}]}'
+    raw.mode = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    d, _ = fail(raw_gateway)
+    assert d.code == C.INTERNAL
+    assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+    raw.mode = GOOD_ANSWER
+    assert_normal_call_succeeds(raw_gateway, images=1)
+    assert_no_gateway_tracebacks(errors_log)
+
+
+def test_garbage_instead_of_http_is_unavailable(raw_gateway, raw: RawUpstream, errors_log):
+    """Something that is not an HTTP server on ZStack's port (README: a malformed HTTP answer is a
+    broken connection, UNAVAILABLE)."""
+    raw.mode = b"SSH-2.0-OpenSSH_9.6\r\n\r\n"
+    d, _ = fail(raw_gateway)
+    assert d.code == C.UNAVAILABLE
+    raw.mode = GOOD_ANSWER
+    assert_normal_call_succeeds(raw_gateway, images=1)
+    assert_no_gateway_tracebacks(errors_log)
