@@ -173,3 +173,21 @@ def test_coalescing_can_be_switched_off(make_gateway, sim: SimControl):
     sim.config(latency_ms=200)
     _burst(stub, 5)
     assert len(sim.zstack_requests()) == 5
+
+
+def test_calls_arriving_during_shutdown_are_refused_while_in_flight_ones_finish(simulator, sim: SimControl):
+    gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=simulator.url, shutdown_grace=5).check())
+    stub = svc_grpc.VmInstanceServiceStub(gw.channel())
+    sim.config(latency_ms=800)
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(images, stub)
+        time.sleep(0.3)
+        stopping = pool.submit(gw.stop, 5)
+        time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as info:
+            images(stub)
+        d = decode(info.value)
+        assert d.code == C.UNAVAILABLE
+        assert d.info.reason == "GATEWAY_SHUTTING_DOWN"
+        assert len(in_flight.result(10)) == 5
+        stopping.result(10)

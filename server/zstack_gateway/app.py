@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -55,6 +55,7 @@ class Gateway:
     interceptor: GatewayInterceptor
     readiness: Readiness | None = None
     metrics_runner: web.AppRunner | None = None
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -64,23 +65,27 @@ class Gateway:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING first, then stop taking calls and let in-flight calls finish."""
+        """Health NOT_SERVING first; new calls refused; in-flight calls get up to ``grace`` seconds
+        (or until :meth:`hurry`) to finish; then the server stops, ending what is left (health
+        watches never end by themselves), in one ``server.stop`` call."""
         if self.readiness is not None:
             await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
+        self.interceptor.draining = True
         grace = self.config.shutdown_grace if grace is None else grace
-        stopping = asyncio.ensure_future(self.server.stop(grace))
-        # Health watches never end by themselves: once the service's own calls are done, they must
-        # not hold the shutdown for the rest of the grace period.
         idle = asyncio.ensure_future(self.interceptor.idle.wait())
-        await asyncio.wait({stopping, idle}, return_when=asyncio.FIRST_COMPLETED)
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({idle, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         idle.cancel()
-        if not stopping.done():
-            await self.server.stop(None)
-        await stopping
+        hurried.cancel()
+        await self.server.stop(0)
         await self.client.close()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
+
+    def hurry(self) -> None:
+        """Cut a running :meth:`stop`'s grace period short (a second SIGTERM)."""
+        self._hurry.set()
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
@@ -179,7 +184,6 @@ async def serve_until_signal(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0
-    stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -191,20 +195,15 @@ async def serve_until_signal(gateway: Gateway) -> None:
                 gateway.config.shutdown_grace,
             )
             stop_requested.set()
-        elif stopping is not None:
+        else:
             log.warning("second signal: stopping now")
-            stopping.cancel()
+            gateway.hurry()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await stop_requested.wait()
-        stopping = asyncio.ensure_future(gateway.stop())
-        try:
-            await stopping
-        except asyncio.CancelledError:
-            await gateway.server.stop(0)
-            await gateway.client.close()
+        await gateway.stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -280,6 +280,13 @@ def overloaded(limit: int, waited: float) -> GatewayError:
     return err
 
 
+def shutting_down() -> GatewayError:
+    """A call that arrived while the gateway drains for shutdown; another replica can take it."""
+    return _gateway(
+        grpc.StatusCode.UNAVAILABLE, "GATEWAY_SHUTTING_DOWN", "the gateway is shutting down; try again"
+    )
+
+
 def internal(message: str = "internal error in the gateway") -> GatewayError:
     return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
 

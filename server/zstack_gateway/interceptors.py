@@ -37,6 +37,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Set at shutdown: new calls are refused with UNAVAILABLE while in-flight ones finish.
+        self.draining = False
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -71,6 +73,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             failure: errors.GatewayError | None = None
             try:
+                if self.draining:
+                    raise errors.shutting_down()
                 await context.send_initial_metadata((("x-request-id", record.request_id),))
                 async for message in behaviour(request, context):
                     record.images += len(getattr(message, "inventories", ()))

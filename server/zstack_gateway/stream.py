@@ -69,14 +69,14 @@ class ImageStream:
         if self._failure is not None:
             raise self._failure
         start, stop = self._bounds[index]
+        message = svc.GetCandidateIsoResponse()
+        add = message.inventories.add  # images are built in place: no copy into the message
+        items, tz = self._items, self._tz
         try:
-            images = [
-                translate.image_from_json(self._items[i], self._tz, f"inventories[{i}]")
-                for i in range(start, stop)
-            ]
+            for i in range(start, stop):
+                translate.add_image(add, items[i], tz, f"inventories[{i}]")
+                items[i] = None  # translated: its parsed JSON can go (memory stays bounded)
         except translate.TranslationError as exc:
             self._failure = exc
             raise
-        self._built.append(svc.GetCandidateIsoResponse(inventories=images))
-        if len(self._built) == len(self._bounds):
-            self._items = []  # every chunk is built: the parsed JSON is no longer needed
+        self._built.append(message)

@@ -34,6 +34,7 @@ from zstack.v1 import error_pb2, image_pb2
 __all__ = [
     "DateOptions",
     "TranslationError",
+    "add_image",
     "backup_storage_ref_from_json",
     "error_code_from_json",
     "image_from_json",
@@ -378,9 +379,17 @@ def backup_storage_ref_from_json(obj: object, tz: ZoneInfo, path: str) -> image_
 
 def image_from_json(obj: object, tz: ZoneInfo, path: str = "image") -> image_pb2.ImageInventory:
     """Translate one ``ImageInventory`` object; raises TranslationError."""
+    return add_image(image_pb2.ImageInventory, obj, tz, path)
+
+
+def add_image(
+    make: Callable[..., image_pb2.ImageInventory], obj: object, tz: ZoneInfo, path: str
+) -> image_pb2.ImageInventory:
+    """Translate one ``ImageInventory`` object with ``make``: the message class, or a repeated
+    field's ``add``, which builds the image in place in a response and saves copying it there."""
     if not isinstance(obj, dict):
         raise _wrong_type(path, "an object", obj)
-    image = _translate(image_pb2.ImageInventory, obj, _IMAGE_FIELDS, tz, path)
+    image = _translate(make, obj, _IMAGE_FIELDS, tz, path)
     refs = obj.get(_REFS_KEY)
     if refs is not None:
         if not isinstance(refs, list):

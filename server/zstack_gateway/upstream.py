@@ -177,7 +177,7 @@ class ZStackClient:
         try:
             status, body = await self._send(url, headers, deadline)
             if status != 200:
-                error = errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
+                error = errors.from_http_response(status, bytes(body), deadline_sent=deadline.from_caller)
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
@@ -189,7 +189,7 @@ class ZStackClient:
         except orjson.JSONDecodeError as exc:
             raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
 
-    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, bytes]:
+    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, bytearray]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
         headers = {**headers, **observe.upstream_headers(), "Accept": "application/json"}
@@ -236,25 +236,35 @@ class ZStackClient:
         except aiohttp.ClientError as exc:
             raise errors.unavailable(f"HTTP failure ({type(exc).__name__})", retryable=False) from None
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytearray:
+        """The whole body, at most the cap. With a Content-Length it goes straight into one buffer of
+        that size (no list of pieces joined at the end, which would hold the body twice)."""
         cap = self._max_body_bytes
-        if resp.content_length is not None and resp.content_length > cap:
+        length = resp.content_length
+        if length is not None and length > cap:
             raise errors.bad_response(
-                f"the body is {resp.content_length} bytes, over the gateway's cap of {cap} bytes "
-                "(--max-body-bytes)",
+                f"the body is {length} bytes, over the gateway's cap of {cap} bytes (--max-body-bytes)",
                 http_status=resp.status,
             )
-        chunks: list[bytes] = []
+        buffer = bytearray()
+        if length is not None:
+            buffer = bytearray(length)
         size = 0
         async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > cap:
+            end = size + len(chunk)
+            if end > cap:
                 raise errors.bad_response(
                     f"the body is over the gateway's cap of {cap} bytes (--max-body-bytes)",
                     http_status=resp.status,
                 )
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if end <= len(buffer):
+                buffer[size:end] = chunk
+            else:
+                del buffer[size:]
+                buffer += chunk
+            size = end
+        del buffer[size:]  # a body shorter than its Content-Length (aiohttp raises before this)
+        return buffer
 
 
 def api_label(api_path: str) -> str:
