@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -39,6 +38,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 import zstack_sim
@@ -169,7 +169,8 @@ KINDS = [
     ),
 ]
 
-# times-limited rules on real VMs: (action, VM) -> how many uses, scaled to the run's size
+# Rules limited by ``times`` on real VMs' paths, (action, VM): some of those calls fail, the rest succeed.
+# Each is used max(5, calls / 200) times.
 TIMED_RULES = [("reset_mid_body", zstack_sim.DEMO_VM_UUID), ("truncate", zstack_sim.DEMO_STOPPED_VM_UUID)]
 
 
@@ -191,8 +192,8 @@ class Server:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    log_file: IO[bytes] | None = None
     address: str = ""
-    _log: object = None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -205,8 +206,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
-        with contextlib.suppress(Exception):
-            self._log.close()  # type: ignore[attr-defined]
+        if self.log_file is not None:
+            self.log_file.close()
         return self.popen.returncode
 
 
@@ -215,7 +216,7 @@ def start_server(name: str, argv: list[str], ready: re.Pattern[str], workdir: Pa
     log = log_path.open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_"))}
     popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Server(name, popen, log_path, _log=log)
+    server = Server(name, popen, log_path, log)
     end = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < end:
         match = ready.search(server.log_text())
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = gateway.stop()
         if rc != 0:
             failures.append(f"the gateway exited with {rc} on SIGTERM")
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         print(f"soak: harness error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -164,9 +164,14 @@ def test_grpc_client_refuses_non_ascii_text_metadata(stub, sim: SimControl, meta
 
 
 @pytest.mark.parametrize(
-    "vm", [pytest.param(VM.upper(), id="upper"), pytest.param(VM[:16].upper() + VM[16:], id="mixed")]
+    "vm",
+    [
+        pytest.param(VM, id="lower"),
+        pytest.param(VM.upper(), id="upper"),
+        pytest.param(VM[:16].upper() + VM[16:], id="mixed"),
+    ],
 )
-def test_upper_and_mixed_case_uuid_is_accepted_and_sent_lower_case(stub, sim: SimControl, vm):
+def test_any_case_uuid_is_accepted_and_sent_lower_case(stub, sim: SimControl, vm):
     d, images = run(stub, vm)
     assert d is None, d
     assert images == 5

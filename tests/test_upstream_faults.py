@@ -12,11 +12,13 @@ SYS.1010/SYS.1012), so these tests assert codes and timing, never upstream reque
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import grpc
@@ -66,7 +68,16 @@ def assert_normal_call_succeeds(stub, vm: str = VM, images: int | None = None) -
         assert received == images
 
 
-def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+#: What grpc logs, with a traceback, when the gateway sends the status of a call that grpc already
+#: ended at the caller's deadline. A known gateway bug (see the xfail of
+#: test_many_calls_running_out_of_time_together_log_no_tracebacks, which shows it every time): the
+#: single-call deadline tests ignore it so that they stay deterministic; the storm test does not.
+KNOWN_DEADLINE_RACE = "ExecuteBatchError raised in core by servicer method"
+
+
+def gateway_tracebacks(
+    caplog: pytest.LogCaptureFixture, *, ignore_deadline_race: bool = False
+) -> list[logging.LogRecord]:
     """ERROR records of the gateway's and grpc's loggers that carry a traceback (an exception the
     gateway did not expect), and anything asyncio reported on the gateway's own thread (an
     exception nobody retrieved, a callback that failed). The gateway may log failed calls at ERROR
@@ -74,6 +85,8 @@ def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
     found = []
     for r in caplog.records:
         if r.levelno < logging.ERROR:
+            continue
+        if ignore_deadline_race and KNOWN_DEADLINE_RACE in r.getMessage():
             continue
         ours = r.name.startswith(("zstack_gateway", "grpc"))
         if (ours and (r.exc_info or "Traceback" in r.getMessage())) or (
@@ -83,8 +96,10 @@ def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
     return found
 
 
-def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    found = gateway_tracebacks(caplog)
+def assert_no_gateway_tracebacks(
+    caplog: pytest.LogCaptureFixture, *, ignore_deadline_race: bool = False
+) -> None:
+    found = gateway_tracebacks(caplog, ignore_deadline_race=ignore_deadline_race)
     assert not found, "the gateway logged unexpected exceptions:\n" + "\n".join(
         f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "") for r in found
     )
@@ -97,13 +112,6 @@ def wait_until(predicate, timeout: float = 2.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return predicate()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -129,20 +137,33 @@ class RawUpstream:
     """A listener on 127.0.0.1 that answers every connection as ``mode`` says: ``HOLD``, ``CLOSE``,
     or bytes to send as they are before closing the connection."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self) -> None:
         self.mode: str | bytes = GOOD_ANSWER
         self.held: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.port = 0
+        self._listen()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
+        self._sock.bind(("127.0.0.1", self.port))
         self._sock.listen(64)
         self._sock.settimeout(0.1)
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = self._sock.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="raw-upstream", daemon=True)
         self._thread.start()
+
+    def stop_listening(self) -> None:
+        """Close the listening socket: connections to the port are refused until listen_again()."""
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+
+    def listen_again(self) -> None:
+        self._listen()
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -198,9 +219,7 @@ class RawUpstream:
         return True
 
     def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        self._thread.join(5)
+        self.stop_listening()
         with self._lock:
             for conn in self.held:
                 conn.close()
@@ -272,6 +291,58 @@ def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
     # The stalled upstream request was abandoned, not left running in the pool.
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
     sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(errors_log, ignore_deadline_race=True)
+
+
+async def _deadline_storm(
+    target: str, calls: int, concurrency: int, vms: list[str], deadline_s: float
+) -> Counter:
+    """``calls`` calls at ``concurrency``, each to a VM whose upstream answer never comes."""
+    codes: Counter = Counter()
+    todo = list(range(calls))
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+
+        async def worker() -> None:
+            while todo:
+                vm = vms[todo.pop() % len(vms)]
+                request = svc.GetCandidateIsoRequest(vm_instance_uuid=vm)
+                try:
+                    async for _ in stub.GetCandidateIso(request, metadata=AUTH, timeout=deadline_s):
+                        pass
+                    codes[C.OK] += 1
+                except grpc.aio.AioRpcError as err:
+                    codes[err.code()] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return codes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="when the gateway's own upstream budget ends at the caller's deadline, grpc has often ended "
+    "the call already: context.abort_with_status in interceptors.py then raises ExecuteBatchError and "
+    "grpc logs 'ExecuteBatchError raised in core by servicer method [...GetCandidateIso]' at ERROR "
+    "with a traceback (19, 2 and 27 such records in three storms of 400 calls; 1 and 2 in two 20,000-call "
+    "soak runs). Callers still get DEADLINE_EXCEEDED",
+)
+def test_many_calls_running_out_of_time_together_log_no_tracebacks(
+    gateway, stub, sim: SimControl, errors_log
+):
+    """64 callers at a time whose upstream answers never come (hang, drip), with short deadlines; the
+    calls to one VM share upstream requests and queue for upstream slots, so the gateway's own
+    timers end right at the callers' deadlines."""
+    sim.fault(action="hang", path="/vm-instances/fa17")
+    sim.fault(action="drip", interval=0.05, path="/vm-instances/fb17")
+    vms = ["fa17" + "0" * 28, "fb17" + "0" * 28]
+    for _ in range(4):  # the race is timing-dependent: a few storms make it show if it is there
+        codes = asyncio.run(_deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
+        assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
+        if gateway_tracebacks(errors_log):
+            break
+    sim.clear_faults()
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=2.0)
     assert_normal_call_succeeds(stub, images=5)
     assert_no_gateway_tracebacks(errors_log)
 
@@ -425,39 +496,43 @@ def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: S
 # The body size cap
 
 
-def test_body_over_the_cap_is_internal_and_the_pool_survives(simulator, sim: SimControl, errors_log):
-    """A gateway with a 4 KiB cap: the demo VM's answer (about 4.4 KiB) and a 64 KiB fault body are
-    both over it; a small answer right after still works."""
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0", zstack_url=simulator.url, default_timeout=5.0, max_body_bytes=4096
-        ).check()
-    )
-    try:
-        with gw.channel() as ch:
-            stub = svc_grpc.VmInstanceServiceStub(ch)
-            d, _ = fail(stub)  # the real answer, with more data than the cap
-            assert d.code == C.INTERNAL
-            assert d.info.reason == "ZSTACK_BAD_RESPONSE"
-            assert "4096" in d.message
-            sim.fault(action="respond", status=200, body='{"inventories": []}' + " " * 65536)
-            d, _ = fail(stub)
-            assert d.code == C.INTERNAL
-            assert d.info.reason == "ZSTACK_BAD_RESPONSE"
-            sim.clear_faults()
-            assert_normal_call_succeeds(stub, zstack_sim.DEMO_STOPPED_VM_UUID, images=1)
-    finally:
-        gw.stop()
-    assert_no_gateway_tracebacks(errors_log)
+def _padded_body(size: int) -> bytes:
+    """A valid empty answer, padded with JSON whitespace to exactly ``size`` bytes."""
+    body = b'{"inventories": []}'
+    return body + b" " * (size - len(body))
 
 
-def test_chunked_body_over_the_cap_without_content_length(raw_gateway, raw: RawUpstream, errors_log):
-    chunk = b"2000\r\n" + b" " * 0x2000 + b"\r\n"
-    raw.mode = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 4 + b"0\r\n\r\n"
-    d, _ = fail(raw_gateway)
-    assert d.code == C.INTERNAL
-    assert d.info.reason == "ZSTACK_BAD_RESPONSE"
-    assert "cap" in d.message
+def _with_length(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _chunked(body: bytes, chunk: int = 1000) -> bytes:
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + chunk]), body[i : i + chunk]) for i in range(0, len(body), chunk)
+    ]
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", [_with_length, _chunked], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("size", "code"),
+    [(4096, C.OK), (4097, C.INTERNAL), (64 * 1024, C.INTERNAL)],
+    ids=["at-the-cap", "one-byte-over", "64KiB"],
+)
+def test_body_over_the_cap_is_internal_and_the_pool_survives(
+    raw_gateway, raw: RawUpstream, errors_log, framing, size, code
+):
+    """The raw gateway caps bodies at 4 KiB (--max-body-bytes 4096), with or without a Content-Length."""
+    raw.mode = framing(_padded_body(size))
+    d, _, received = call(raw_gateway)
+    if code == C.OK:
+        assert d is None, d
+        assert received == 0
+    else:
+        assert d is not None
+        assert d.code == code
+        assert d.info.reason == "ZSTACK_BAD_RESPONSE"
+        assert "4096" in d.message
     raw.mode = GOOD_ANSWER
     assert_normal_call_succeeds(raw_gateway, images=1)
     assert_no_gateway_tracebacks(errors_log)
@@ -467,22 +542,18 @@ def test_chunked_body_over_the_cap_without_content_length(raw_gateway, raw: RawU
 # Peers the simulator cannot play
 
 
-def test_connection_refused_is_unavailable_and_the_gateway_recovers(errors_log):
-    port = free_port()  # nothing listens there once the probe socket is closed
-    gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=f"http://127.0.0.1:{port}").check())
-    upstream = None
+def test_connection_refused_is_unavailable_and_the_gateway_recovers(
+    raw_gateway, raw: RawUpstream, errors_log
+):
+    raw.stop_listening()  # nothing listens on ZStack's port
     try:
-        with gw.channel() as ch:
-            stub = svc_grpc.VmInstanceServiceStub(ch)
-            d, _ = fail(stub)
-            assert d.code == C.UNAVAILABLE
-            assert d.info.reason == "UPSTREAM_UNAVAILABLE"
-            upstream = RawUpstream(port)  # ZStack comes up on that port
-            assert_normal_call_succeeds(stub, images=1)
+        d, _ = fail(raw_gateway)
     finally:
-        gw.stop()
-        if upstream is not None:
-            upstream.close()
+        raw.listen_again()  # ZStack comes back on the same port
+    assert d.code == C.UNAVAILABLE
+    assert d.info.reason == "UPSTREAM_UNAVAILABLE"
+    assert f"127.0.0.1:{raw.port}" in d.message
+    assert_normal_call_succeeds(raw_gateway, images=1)
     assert_no_gateway_tracebacks(errors_log)
 
 
@@ -495,7 +566,7 @@ def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawU
     assert raw.held_closed_by_peer(timeout=1.0)
     raw.mode = GOOD_ANSWER
     assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_no_gateway_tracebacks(errors_log, ignore_deadline_race=True)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-
 CALLER_DEADLINE_SLACK = 0.1
 
 
