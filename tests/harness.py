@@ -1,4 +1,4 @@
-"""Real servers for tests: the gateway on its own event loop in a thread, on a loopback port."""
+"""Real servers for tests: gateways on one shared event loop in a thread, on loopback ports."""
 
 from __future__ import annotations
 
@@ -16,14 +16,32 @@ from zstack_gateway import Config, Gateway
 from zstack_gateway import app as gateway_app
 
 
+class _SharedLoop:
+    """One event loop in one thread for every gateway a test process starts.
+
+    grpc.aio keeps per-process state tied to the event loop it first runs on; servers started and
+    stopped on several loops in several threads have crashed the interpreter inside grpc's shutdown.
+    """
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="gateways", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
 class GatewayThread:
-    """A gateway started with ``config`` on an event loop of its own, for synchronous tests."""
+    """A gateway started with ``config`` on the tests' shared gateway event loop, for synchronous tests."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway", daemon=True)
-        self._thread.start()
+        self._loop = _SharedLoop.get()
         self.gateway: Gateway = self.call(gateway_app.start(config))
         self.port = self.gateway.port
         self.target = f"127.0.0.1:{self.port}"
@@ -40,9 +58,6 @@ class GatewayThread:
 
     def stop(self, grace: float = 0) -> None:
         self.call(self.gateway.stop(grace))
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)

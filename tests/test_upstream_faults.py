@@ -68,16 +68,7 @@ def assert_normal_call_succeeds(stub, vm: str = VM, images: int | None = None) -
         assert received == images
 
 
-#: What grpc logs, with a traceback, when the gateway sends the status of a call that grpc already
-#: ended at the caller's deadline. A known gateway bug (see the xfail of
-#: test_many_calls_running_out_of_time_together_log_no_tracebacks, which shows it every time): the
-#: single-call deadline tests ignore it so that they stay deterministic; the storm test does not.
-KNOWN_DEADLINE_RACE = "ExecuteBatchError raised in core by servicer method"
-
-
-def gateway_tracebacks(
-    caplog: pytest.LogCaptureFixture, *, ignore_deadline_race: bool = False
-) -> list[logging.LogRecord]:
+def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """ERROR records of the gateway's and grpc's loggers that carry a traceback (an exception the
     gateway did not expect), and anything asyncio reported on the gateway's own thread (an
     exception nobody retrieved, a callback that failed). The gateway may log failed calls at ERROR
@@ -85,8 +76,6 @@ def gateway_tracebacks(
     found = []
     for r in caplog.records:
         if r.levelno < logging.ERROR:
-            continue
-        if ignore_deadline_race and KNOWN_DEADLINE_RACE in r.getMessage():
             continue
         ours = r.name.startswith(("zstack_gateway", "grpc"))
         if (ours and (r.exc_info or "Traceback" in r.getMessage())) or (
@@ -96,10 +85,8 @@ def gateway_tracebacks(
     return found
 
 
-def assert_no_gateway_tracebacks(
-    caplog: pytest.LogCaptureFixture, *, ignore_deadline_race: bool = False
-) -> None:
-    found = gateway_tracebacks(caplog, ignore_deadline_race=ignore_deadline_race)
+def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    found = gateway_tracebacks(caplog)
     assert not found, "the gateway logged unexpected exceptions:\n" + "\n".join(
         f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "") for r in found
     )
@@ -292,7 +279,7 @@ def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
     sim.clear_faults()
     assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log, ignore_deadline_race=True)
+    assert_no_gateway_tracebacks(errors_log)
 
 
 async def _deadline_storm(
@@ -319,24 +306,17 @@ async def _deadline_storm(
     return codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the gateway's own upstream budget ends at the caller's deadline, grpc has often ended "
-    "the call already: context.abort_with_status in interceptors.py then raises ExecuteBatchError and "
-    "grpc logs 'ExecuteBatchError raised in core by servicer method [...GetCandidateIso]' at ERROR "
-    "with a traceback (19, 2 and 27 such records in three storms of 400 calls; 1 and 2 in two 20,000-call "
-    "soak runs). Callers still get DEADLINE_EXCEEDED",
-)
 def test_many_calls_running_out_of_time_together_log_no_tracebacks(
     gateway, stub, sim: SimControl, errors_log
 ):
     """64 callers at a time whose upstream answers never come (hang, drip), with short deadlines; the
     calls to one VM share upstream requests and queue for upstream slots, so the gateway's own
-    timers end right at the callers' deadlines."""
+    timers end right at the callers' deadlines. A status sent for a call that grpc has already ended
+    makes grpc log 'ExecuteBatchError raised in core by servicer method' with a traceback."""
     sim.fault(action="hang", path="/vm-instances/fa17")
     sim.fault(action="drip", interval=0.05, path="/vm-instances/fb17")
     vms = ["fa17" + "0" * 28, "fb17" + "0" * 28]
-    for _ in range(4):  # the race is timing-dependent: a few storms make it show if it is there
+    for _ in range(4):  # the race is timing-dependent: a few storms make it show if it is back
         codes = asyncio.run(_deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
         assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
         if gateway_tracebacks(errors_log):
@@ -566,7 +546,7 @@ def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawU
     assert raw.held_closed_by_peer(timeout=1.0)
     raw.mode = GOOD_ANSWER
     assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log, ignore_deadline_race=True)
+    assert_no_gateway_tracebacks(errors_log)
 
 
 @pytest.mark.parametrize(

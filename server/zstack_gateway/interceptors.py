@@ -21,6 +21,8 @@ from zstack_gateway.translate import TranslationError
 
 log = logging.getLogger("zstack_gateway.rpc")
 
+LOG_ERROR_CHARS = 500
+
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
@@ -126,7 +128,7 @@ def _finish(record: observe.CallRecord, code: grpc.StatusCode, failure: errors.G
         extra={
             "rpc": record.method,
             "request_id": record.request_id,
-            "vm": record.vm_instance_uuid,
+            "vm": (record.vm_instance_uuid or "")[:64] or None,
             "outcome": "ok" if code == grpc.StatusCode.OK else "error",
             "grpc_code": code.name,
             "zstack_code": zstack_code or None,
@@ -136,6 +138,7 @@ def _finish(record: observe.CallRecord, code: grpc.StatusCode, failure: errors.G
             "upstream_requests": record.upstream_requests,
             "coalesced": record.coalesced,
             "images": record.images,
-            "error": failure.message if failure is not None else None,
+            # Cut: a verbose (or hostile) ZStack error must not make huge log lines.
+            "error": failure.message[:LOG_ERROR_CHARS] if failure is not None else None,
         },
     )
