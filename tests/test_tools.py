@@ -171,3 +171,30 @@ def test_bad_configuration_exits_2_with_a_message():
     )
     assert out.returncode == 2
     assert re.search(r"--zstack-url must start with http", out.stderr)
+
+
+def _buf_curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make node`")
+def test_buf_curl_lists_describes_and_health_checks_through_reflection(gateway):
+    base = f"http://{gateway.target}"
+    services = _buf_curl("--list-services", base)
+    assert services.returncode == 0, services.stderr
+    assert "zstack.v1.VmInstanceService" in services.stdout.split()
+    assert "grpc.health.v1.Health" in services.stdout.split()
+    methods = _buf_curl("--list-methods", base)
+    assert methods.returncode == 0, methods.stderr
+    assert "zstack.v1.VmInstanceService/GetCandidateIso" in methods.stdout.split()
+    health = _buf_curl(
+        "-d", '{"service": "zstack.v1.VmInstanceService"}', f"{base}/grpc.health.v1.Health/Check"
+    )
+    assert health.returncode == 0, health.stderr
+    assert '"status": "SERVING"' in health.stdout
