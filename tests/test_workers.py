@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 import zstack_sim
 from conftest import AUTH
 from zstack.v1 import vm_instance_service_pb2 as svc
@@ -25,6 +26,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free (worker i serves metrics on the metrics port + i)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
 def rpcs_served(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
@@ -34,9 +49,10 @@ def rpcs_served(metrics_port: int) -> float:
 
 
 def test_two_workers_share_the_port_and_stop_together(simulator):
-    port, metrics = free_port(), free_port()
-    while metrics + 1 == port:
-        metrics = free_port()
+    metrics = free_port_pair()
+    port = free_port()
+    while port in (metrics, metrics + 1):
+        port = free_port()
     proc = subprocess.Popen(
         [
             str(EXE),
@@ -58,7 +74,9 @@ def test_two_workers_share_the_port_and_stop_together(simulator):
     try:
         assert proc.stdout is not None
         ready = [proc.stdout.readline(), proc.stdout.readline()]
-        assert all(f"ready on 127.0.0.1:{port} (worker pid" in line for line in ready), ready
+        if not all(f"ready on 127.0.0.1:{port} (worker pid" in line for line in ready):
+            proc.kill()
+            pytest.fail(f"workers did not both start: {ready!r}\n{proc.communicate(timeout=10)[1]}")
         assert len({line.split("pid ")[1].split(")")[0] for line in ready}) == 2
         # Separate connections are spread by the kernel; 40 of them reach both workers.
         for _ in range(40):
