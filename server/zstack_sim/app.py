@@ -103,26 +103,18 @@ class ZStackHandler:
         if latency > 0 and await delivery.pause(latency, self.stopping):
             await delivery.abort_connection(request)
 
-        reshape: FaultRule | None = None
-        rule = state.faults.take(call.incoming.raw_path, after_auth=False)
-        if rule is not None:
-            early = await self._act(request, rule)
-            if early is not None:
-                return early
-            if rule.action in BODY_ACTIONS:
-                reshape = rule
+        early, reshape = await self._fault(request, call, after_auth=False)
+        if early is not None:
+            return early
 
         t0 = time.perf_counter_ns()
         reply = self.api.check(call)
         cost += time.perf_counter_ns() - t0
         if reply is None:
-            rule = state.faults.take(call.incoming.raw_path, after_auth=True)
-            if rule is not None:
-                early = await self._act(request, rule)
-                if early is not None:
-                    return early
-                if rule.action in BODY_ACTIONS:
-                    reshape = rule
+            early, after = await self._fault(request, call, after_auth=True)
+            if early is not None:
+                return early
+            reshape = after or reshape
             t0 = time.perf_counter_ns()
             reply = self.api.answer(call)
             cost += time.perf_counter_ns() - t0
@@ -134,6 +126,17 @@ class ZStackHandler:
         response = delivery.make_response(reply, state.config.content_type)
         state.stats.add_cost(cost + time.perf_counter_ns() - t0)
         return response
+
+    async def _fault(
+        self, request: web.Request, call: Call, *, after_auth: bool
+    ) -> tuple[web.StreamResponse | None, FaultRule | None]:
+        """Apply the fault rule for this point of handling, if one matches: the reply it sent in
+        place of the real one, and the rule when it reshapes the real body instead."""
+        rule = self.state.faults.take(call.incoming.raw_path, after_auth=after_auth)
+        if rule is None:
+            return None, None
+        early = await self._act(request, rule)
+        return early, (rule if early is None and rule.action in BODY_ACTIONS else None)
 
     async def _act(self, request: web.Request, rule: FaultRule) -> web.StreamResponse | None:
         """Run a rule's delay and, for actions that replace the reply, the action itself."""
