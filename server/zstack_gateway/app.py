@@ -130,7 +130,7 @@ async def start(config: Config) -> Gateway:
     )
     await client.start(zstack_tls)
     metrics = Metrics()
-    interceptor = GatewayInterceptor(metrics)
+    interceptor = GatewayInterceptor(metrics, stream_idle_timeout=config.stream_idle_timeout)
     server = grpc.aio.server(
         # The caller check comes after the status interceptor, which turns its refusals into statuses.
         interceptors=[interceptor, *callers.interceptors(config)],

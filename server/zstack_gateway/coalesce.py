@@ -2,10 +2,17 @@
 
 Calls are identical when they act as the same identity (see credentials.CallerAuth.identity: never
 across different credentials) and ask for the same VM with the same tags. The first call starts the
-shared work in a task of its own; later ones wait on it. A waiter that is cancelled leaves, and the
-others keep waiting; the shared work is cancelled only when every waiter has left. Errors are shared
-like results. A shared call that ran out of time on its first caller's deadline is not a verdict for
-a caller whose deadline is later: that caller starts a fresh call.
+shared work in a task of its own; later ones wait on it. Errors are shared like results.
+
+What one caller does never decides another caller's outcome:
+
+* A waiter that is cancelled leaves; the others keep waiting. The shared work is cancelled only when
+  every waiter has left, and at that moment it stops being joinable: a caller arriving afterwards
+  starts fresh work instead of joining work that is being torn down.
+* A waiter whose shared work ended cancelled although the waiter itself was not cancelled (the work
+  was abandoned just as it joined) starts the work again for itself.
+* A shared call that ran out of time on its first caller's deadline is not a verdict for a caller
+  whose deadline is later: that caller starts a fresh call.
 """
 
 from __future__ import annotations
@@ -50,7 +57,11 @@ class Coalescer(Generic[T]):
                 if record is not None:
                     record.coalesced = True
             try:
-                return await self._wait(flight)
+                return await self._wait(key, flight)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise  # this caller was cancelled: it leaves
+                continue  # the shared work was abandoned by the others just as this caller joined
             except GatewayError as exc:
                 ran_out = exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
                 if ran_out and flight.deadline.expires_at < deadline.expires_at and deadline.remaining() > 0:
@@ -63,23 +74,33 @@ class Coalescer(Generic[T]):
         self._flights[key] = flight
 
         def forget(done: asyncio.Task[T]) -> None:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._forget(key, flight)
             if not done.cancelled():
                 done.exception()  # retrieved here, so a result nobody waits for is not reported
 
         task.add_done_callback(forget)
         return flight
 
-    async def _wait(self, flight: _Flight[T]) -> T:
+    def _forget(self, key: Hashable, flight: _Flight[T]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    async def _wait(self, key: Hashable, flight: _Flight[T]) -> T:
         flight.waiters += 1
         try:
             return await asyncio.shield(flight.task)
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
-                flight.task.cancel()  # every caller left: abandon the upstream request
+                # Every caller left: abandon the upstream request, and let nobody join it any more.
+                self._forget(key, flight)
+                flight.task.cancel()
+                # Let the request wind down (it records its outcome on the call) before the caller's
+                # call is logged; aiohttp gives up a request at once.
+                await asyncio.wait((flight.task,), timeout=1.0)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._flights)
+
+def _being_cancelled() -> bool:
+    """True when the current task has been asked to cancel (its caller went away)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -63,6 +63,12 @@ class Config:
         3, "tries of an upstream request that failed before reaching ZStack's logic (1: no retry)", "N"
     )
     coalesce: bool = setting(True, "identical calls in flight together share one upstream request", None)
+    stream_idle_timeout: float = setting(
+        30.0,
+        "seconds a stream may wait for a caller that reads nothing before the gateway ends it "
+        "(RESOURCE_EXHAUSTED STREAM_IDLE_TIMEOUT); 0: no limit",
+        "S",
+    )
     max_concurrent_rpcs: int = setting(
         1000, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", "N"
     )
@@ -190,7 +196,7 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time"):
+        for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time", "stream_idle_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
         security.check(self)

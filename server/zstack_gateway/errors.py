@@ -287,6 +287,17 @@ def shutting_down() -> GatewayError:
     )
 
 
+def stream_idle(timeout: float) -> GatewayError:
+    """A caller that read none of the stream's messages for ``timeout`` seconds: the gateway ends the
+    call to free what it holds for it (the caller may never read the status either)."""
+    return _gateway(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "STREAM_IDLE_TIMEOUT",
+        f"the caller read nothing of the stream for {timeout:.3g} s (--stream-idle-timeout); "
+        "the gateway ended the call",
+    )
+
+
 def internal(message: str = "internal error in the gateway") -> GatewayError:
     return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
 
