@@ -152,6 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zstack-gateway: {exc}", file=sys.stderr)
         return 2
+    trace = logs.unsafe_grpc_trace(os.environ)
+    if trace is not None:
+        # grpc has read GRPC_TRACE on import already: refusing is the only way to keep callers'
+        # credentials out of stderr.
+        print(
+            f"zstack-gateway: GRPC_TRACE={trace!r} turns on grpc's chttp2_hpack_parser tracer, which "
+            "writes every call's metadata, credentials included, to stderr; refusing to start "
+            "(leave it out, or add '-chttp2_hpack_parser')",
+            file=sys.stderr,
+        )
+        return 2
     logs.setup(config.log_level, config.log_format)
     if config.workers > 1:
         return workers.run(config, _serve)

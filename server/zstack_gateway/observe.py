@@ -51,14 +51,23 @@ def request_id_from(metadata: object) -> str:
     return uuid.uuid4().hex
 
 
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+# W3C Trace Context in the form of its version 00: version-traceid-parentid-flags, lowercase hex.
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})-[0-9a-f]{2}"
+)
 
 
 def traceparent_from(metadata: object) -> str | None:
-    """A W3C ``traceparent`` from the caller, passed on to ZStack when well-formed."""
+    """The caller's W3C ``traceparent``, passed on to ZStack only when valid: lowercase hex in the
+    55-character form, a version other than the forbidden ``ff``, and a trace id and parent id that
+    are not all zeros."""
     for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == "traceparent" and isinstance(value, str) and _TRACEPARENT.fullmatch(value):
-            return value
+        if key != "traceparent" or not isinstance(value, str):
+            continue
+        m = _TRACEPARENT.fullmatch(value)
+        if m is None or m["version"] == "ff" or not m["trace"].strip("0") or not m["parent"].strip("0"):
+            return None
+        return value
     return None
 
 
