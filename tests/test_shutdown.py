@@ -197,7 +197,15 @@ def drain_with_sigterm(gw: GatewayProcess, sim: SimControl, grace: float, *, lea
 def test_sigterm_drains_in_flight_streams_then_exits_zero(start_gateway, slow_sim: SimControl):
     grace = 5.0
     slow_sim.config(latency_ms=1000)
-    gw = start_gateway("--shutdown-grace", str(grace), "--max-upstream-calls", str(STREAMS + 14))
+    gw = start_gateway(
+        "--shutdown-grace",
+        str(grace),
+        "--max-upstream-calls",
+        str(STREAMS + 14),
+        # one session sends every stream: no per-session share
+        "--max-upstream-calls-per-identity",
+        str(STREAMS + 14),
+    )
     results, late_code, watch, rc, sent, exited = drain_with_sigterm(
         gw, slow_sim, grace, leave_on_not_serving=True
     )
@@ -218,7 +226,15 @@ def test_an_open_health_watch_does_not_hold_the_shutdown(start_gateway, slow_sim
     gateway must not let one hold the shutdown once its own calls are done."""
     grace = 3.0
     slow_sim.config(latency_ms=1000)
-    gw = start_gateway("--shutdown-grace", str(grace), "--max-upstream-calls", str(STREAMS + 14))
+    gw = start_gateway(
+        "--shutdown-grace",
+        str(grace),
+        "--max-upstream-calls",
+        str(STREAMS + 14),
+        # one session sends every stream: no per-session share
+        "--max-upstream-calls-per-identity",
+        str(STREAMS + 14),
+    )
     results, _, _, rc, sent, exited = drain_with_sigterm(gw, slow_sim, grace, leave_on_not_serving=False)
 
     assert [code for _, code, _ in results] == [C.OK] * STREAMS

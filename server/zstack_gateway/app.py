@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
-from zstack_gateway import callers, credentials, tls
+from zstack_gateway import callers, credentials, security, tls
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
@@ -126,6 +126,12 @@ async def start(config: Config) -> Gateway:
         pool_size=config.upstream_pool_size,
         retry=RetryPolicy(max_attempts=config.upstream_attempts),
         max_concurrent=config.max_upstream_calls,
+        # Only pass-through calls carry identities of their own (one per ZStack session); in account
+        # and AccessKey modes every call acts as the gateway's one identity, whose share would only
+        # lower the total.
+        max_per_identity=config.upstream_calls_per_identity
+        if config.auth_mode == security.PASSTHROUGH
+        else 0,
         queue_timeout=config.upstream_queue_timeout,
     )
     await client.start(zstack_tls)

@@ -56,6 +56,13 @@ class Config:
         "further calls wait for a slot",
         "N",
     )
+    max_upstream_calls_per_identity: int = setting(
+        0,
+        "pass-through mode: ZStack requests in flight at most for one ZStack session, so that no "
+        "caller can take every upstream slot; 0 means half of --max-upstream-calls rounded up, "
+        "--max-upstream-calls itself means no share",
+        "N",
+    )
     upstream_queue_timeout: float = setting(
         10.0, "seconds a call waits for an upstream slot before RESOURCE_EXHAUSTED", "S"
     )
@@ -159,6 +166,13 @@ class Config:
     def listen_port(self) -> int:
         return split_host_port(self.listen)[1]
 
+    @property
+    def upstream_calls_per_identity(self) -> int:
+        """The share of one identity in effect: the setting, or half of the total for 0."""
+        if self.max_upstream_calls_per_identity == 0:
+            return (self.max_upstream_calls + 1) // 2
+        return self.max_upstream_calls_per_identity
+
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
@@ -196,6 +210,11 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.max_upstream_calls_per_identity <= self.max_upstream_calls:
+            raise ConfigError(
+                "--max-upstream-calls-per-identity must be between 1 and --max-upstream-calls "
+                f"({self.max_upstream_calls}), or 0 for half of it"
+            )
         for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time", "stream_idle_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import grpc
 import orjson
 from yarl import URL
 
@@ -40,6 +41,16 @@ class Reply(NamedTuple):
     size: int
 
 
+class _Share:
+    """The upstream slots of one identity, and how many calls hold or wait for one of them."""
+
+    __slots__ = ("slots", "users")
+
+    def __init__(self, size: int) -> None:
+        self.slots = asyncio.Semaphore(size)
+        self.users = 0
+
+
 class ZStackClient:
     """Talks to one ZStack management node. Create it inside the running event loop, ``await
     start()`` once, ``await close()`` at shutdown.
@@ -47,6 +58,12 @@ class ZStackClient:
     ``max_concurrent`` caps the HTTP requests in flight to ZStack (its API mediator runs 5 workers by
     default and queues the rest); a call waits up to ``queue_timeout`` seconds (and never past its
     deadline) for a slot, then fails with RESOURCE_EXHAUSTED.
+
+    ``max_per_identity`` (0 or ``max_concurrent`` and above: no share) caps the slots that calls of
+    one identity (:attr:`CallerAuth.identity`) hold at once, so that callers of one identity whose
+    requests hang cannot take every slot from the others. A call first takes a slot of its
+    identity's share, then a global one, both within the same wait: calls queued behind their own
+    identity's share never sit on global slots.
     """
 
     def __init__(
@@ -58,6 +75,7 @@ class ZStackClient:
         pool_size: int = 100,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_concurrent: int = 16,
+        max_per_identity: int = 0,
         queue_timeout: float = 10.0,
     ) -> None:
         # Only the path prefix of the configured URL is used; nothing a caller sends can change the
@@ -69,6 +87,10 @@ class ZStackClient:
         self._retry = retry
         self._max_concurrent = max_concurrent
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_per_identity = max_per_identity if 0 < max_per_identity < max_concurrent else 0
+        # The shares of the identities that hold or wait for a slot now; an identity's entry goes
+        # when its last call leaves, so the map never outgrows the calls in progress.
+        self._shares: dict[str, _Share] = {}
         self._queue_timeout = queue_timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -79,6 +101,16 @@ class ZStackClient:
     @property
     def credentials(self) -> Credentials:
         return self._credentials
+
+    @property
+    def max_per_identity(self) -> int:
+        """The slots one identity may hold at once; 0 when there is no share."""
+        return self._max_per_identity
+
+    @property
+    def identities_queued_or_in_flight(self) -> int:
+        """Identities with a call that holds or waits for a slot of their share (0 without shares)."""
+        return len(self._shares)
 
     async def start(self, ssl_context: ssl.SSLContext | bool = True) -> None:
         """``ssl_context``: how an https:// ZStack is verified (see tls.zstack_ssl_context); True is
@@ -141,7 +173,7 @@ class ZStackClient:
 
         async def attempt() -> Reply:
             headers = await self._credentials.headers(caller, "GET", api_path)
-            return await self._limited(api_path, url, headers, deadline)
+            return await self._limited(api_path, url, headers, deadline, caller.identity)
 
         try:
             return await self._retry.run(attempt, deadline)
@@ -152,19 +184,45 @@ class ZStackClient:
                 raise
         return await self._retry.run(attempt, deadline)
 
-    async def _limited(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
-        wait = min(self._queue_timeout, deadline.remaining())
+    async def _limited(
+        self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline, identity: str
+    ) -> Reply:
+        """The request once the call holds a slot of its identity's share (when shares are on) and
+        a global slot. Whatever ends the call (an answer, an error, a timeout, a cancellation at any
+        await) releases exactly the slots it took."""
+        share: _Share | None = None
+        if self._max_per_identity:
+            share = self._shares.get(identity)
+            if share is None:
+                share = self._shares[identity] = _Share(self._max_per_identity)
+            share.users += 1
+        holds_share = holds_global = False
         try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            if wait < self._queue_timeout:
-                raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
-            raise errors.overloaded(self._max_concurrent, wait) from None
-        try:
+            wait = min(self._queue_timeout, deadline.remaining())
+            try:
+                async with asyncio.timeout(wait):
+                    if share is not None:
+                        await share.slots.acquire()
+                        holds_share = True
+                    await self._slots.acquire()
+                    holds_global = True
+            except TimeoutError:
+                if wait < self._queue_timeout:
+                    raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
+                if share is not None and not holds_share:
+                    raise identity_overloaded(self._max_per_identity, self._max_concurrent, wait) from None
+                raise errors.overloaded(self._max_concurrent, wait) from None
             return await self._get_json(api_path, url, headers, deadline)
         finally:
-            self._slots.release()
+            # No await in here: nothing can interrupt the bookkeeping.
+            if holds_global:
+                self._slots.release()
+            if share is not None:
+                if holds_share:
+                    share.slots.release()
+                share.users -= 1
+                if share.users == 0 and self._shares.get(identity) is share:
+                    del self._shares[identity]
 
     async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
         """One HTTP request; its outcome is recorded on the call (observe) whatever it is."""
@@ -265,6 +323,25 @@ class ZStackClient:
             size = end
         del buffer[size:]  # a body shorter than its Content-Length (aiohttp raises before this)
         return buffer
+
+
+def identity_overloaded(share: int, total: int, waited: float) -> errors.GatewayError:
+    """The calls of the caller's identity held their whole share of upstream slots while the call
+    waited for one; other identities' calls are not held up by them."""
+    reason = "UPSTREAM_IDENTITY_LIMIT"
+    message = (
+        f"this caller's ZStack identity is already running {share} calls to ZStack, its share of "
+        f"the gateway's {total} (--max-upstream-calls-per-identity), and none finished within "
+        f"{waited:.3g} s; try again later"
+    )
+    err = errors.GatewayError(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message=message,
+        reason=reason,
+        error_code=errors.gateway_error_code(reason, message),
+    )
+    err.retry_after = 1.0
+    return err
 
 
 def api_label(api_path: str) -> str:
