@@ -5,12 +5,16 @@ Starts ``zstack-sim`` and ``zstack-gateway`` as subprocesses on loopback ports, 
 The calls mix successes, business errors (a missing VM -> NOT_FOUND, an unknown session ->
 UNAUTHENTICATED, refused requests) and injected faults: fake VM paths with a fault rule of their own
 (always failing the same way) and ``times``-limited rules on real VMs (some calls fail, the rest
-succeed). Every call kind has the set of statuses it may end with.
+succeed). Every call kind has the set of statuses it may end with. Callers also misbehave as they do
+in a mesh: 10% of the calls read one message of a long list and cancel; 5% are pairs of identical
+calls that share one (slow) upstream request, one of which cancels at a random moment while the
+other must still get the whole list; a few read a long list slowly through a small receive window.
 
 It fails (exit 1) on any unexpected status, gateway RSS growth over 30 MB (after warm-up vs the
-end), open file descriptors, threads or asyncio tasks not back to their level after warm-up, an
-upstream request left open in the simulator, a traceback in the gateway's log, or a run that did
-not finish in ``--max-seconds``. Exit 2: the harness itself broke (a server did not start).
+end), open file descriptors, threads or asyncio tasks not back to their level after warm-up, the
+gateway's in-flight gauge (``zstack_gateway_rpcs_in_flight``) not back to 0, an upstream request
+left open in the simulator, a traceback in the gateway's log, or a run that did not finish in
+``--max-seconds``. Exit 2: the harness itself broke (a server did not start).
 
 asyncio tasks cannot be seen from outside the process: the gateway has no endpoint for them. The
 soak starts the gateway through a small bootstrap (``python -c``) that runs the same ``cli.main``
@@ -30,6 +34,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,11 +44,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from zoneinfo import ZoneInfo
 
 import grpc
 import zstack_sim
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_sim.data import Vm
+from zstack_sim.generate import generate
 
 C = grpc.StatusCode
 BIN = Path(sys.executable).parent
@@ -92,6 +100,14 @@ def _fake_vm(n: int) -> str:
     return f"fa17{n:028x}"
 
 
+#: A VM with LONG_LIST candidates (several stream messages), and one whose answer comes slowly
+#: (SLOW_DELAY s) so that identical calls overlap and share it.
+LONG_VM = "50a4000000000000000000000000b16a"
+LONG_LIST = 2000
+SLOW_VM = "50a4000000000000000000000000510e"
+SLOW_DELAY = 0.2
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of call: what it asks, and every status it may end with."""
@@ -103,6 +119,10 @@ class Kind:
     timeout: float = 10.0
     session: str | None = SESSION  # None: no authorization metadata; "random": an unknown session
     fault: dict | None = None  # a rule scoped to this kind's VM path
+    # How the caller behaves: "read" (reads it all), "cancel_mid" (reads one message, cancels),
+    # "pair_cancel" (two identical calls share one upstream request; one cancels at a random
+    # moment, the other must read it all), "slow_read" (reads slowly through a small window).
+    behaviour: str = "read"
 
 
 def _html(status: int, title: str) -> str:
@@ -158,6 +178,10 @@ KINDS = [
         timeout=5.0,
         fault={"action": "zstack_error", "code": "SYS.1001", "details": "timeout"},
     ),
+    Kind("long_list", 3, LONG_VM, frozenset({C.OK})),
+    Kind("cancel_mid", 11, LONG_VM, frozenset({C.CANCELLED}), behaviour="cancel_mid"),
+    Kind("pair_cancel", 5, SLOW_VM, frozenset({C.OK}), behaviour="pair_cancel"),  # two calls each
+    Kind("slow_read", 1, LONG_VM, frozenset({C.OK}), timeout=30.0, behaviour="slow_read"),
     Kind("f_hang", 1, _fake_vm(7), frozenset({C.DEADLINE_EXCEEDED}), timeout=0.3, fault={"action": "hang"}),
     Kind(
         "f_drip",
@@ -172,6 +196,36 @@ KINDS = [
 # Rules limited by ``times`` on real VMs' paths, (action, VM): some of those calls fail, the rest succeed.
 # Each is used max(5, calls / 200) times.
 TIMED_RULES = [("reset_mid_body", zstack_sim.DEMO_VM_UUID), ("truncate", zstack_sim.DEMO_STOPPED_VM_UUID)]
+
+
+def write_sim_data(path: Path) -> None:
+    """The demo data, plus LONG_VM with LONG_LIST generated candidates and SLOW_VM with the demo
+    VM's candidates, as a data file for ``zstack-sim --data``."""
+    data = zstack_sim.demo_data()
+    generated = generate(LONG_LIST)
+    data.images.update(generated.images)
+    long_order = list(generated.vms[zstack_sim.DEMO_VM_UUID].candidates)
+    demo_order = list(data.vms[zstack_sim.DEMO_VM_UUID].candidates)
+    data.vms[LONG_VM] = Vm(LONG_VM, "soak-long-list", "Running", long_order)
+    data.vms[SLOW_VM] = Vm(SLOW_VM, "soak-slow-answer", "Running", demo_order)
+    path.write_text(json.dumps(data.to_json(ZoneInfo("Asia/Shanghai"))))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def iso_path_regex(vm: str) -> str:
@@ -296,9 +350,7 @@ class Results:
     done: int = 0
 
 
-async def one_call(
-    stub: svc_grpc.VmInstanceServiceStub, kind: Kind, rng: random.Random, results: Results
-) -> None:
+async def one_call(stubs: Stubs, kind: Kind, rng: random.Random, results: Results) -> None:
     if kind.session is None:
         metadata: tuple[tuple[str, str], ...] = ()
     elif kind.session == "random":
@@ -309,8 +361,21 @@ async def one_call(
     started = time.monotonic()
     code, detail = C.OK, ""
     try:
-        async for _ in stub.GetCandidateIso(request, metadata=metadata, timeout=kind.timeout):
-            pass
+        if kind.behaviour == "cancel_mid":
+            call = stubs.normal.GetCandidateIso(request, metadata=metadata, timeout=kind.timeout)
+            await call.read()
+            call.cancel()
+            code = C.CANCELLED
+        elif kind.behaviour == "pair_cancel":
+            code, detail = await _pair(stubs.normal, request, metadata, kind.timeout, rng)
+        elif kind.behaviour == "slow_read":
+            async for _ in stubs.small_window.GetCandidateIso(
+                request, metadata=metadata, timeout=kind.timeout
+            ):
+                await asyncio.sleep(0.1)
+        else:
+            async for _ in stubs.normal.GetCandidateIso(request, metadata=metadata, timeout=kind.timeout):
+                pass
     except grpc.aio.AioRpcError as err:
         code, detail = err.code(), err.details() or ""
     results.latencies[kind.name].append(time.monotonic() - started)
@@ -318,6 +383,45 @@ async def one_call(
     results.done += 1
     if code not in kind.expected:
         results.unexpected.append((kind.name, code.name, detail[:200]))
+
+
+async def _pair(
+    stub: svc_grpc.VmInstanceServiceStub,
+    request: svc.GetCandidateIsoRequest,
+    metadata: tuple[tuple[str, str], ...],
+    call_timeout: float,
+    rng: random.Random,
+) -> tuple[grpc.StatusCode, str]:
+    """Two identical calls that share one upstream request; one of them (the first or the joiner)
+    cancels at a random moment. What the other one saw."""
+    first = stub.GetCandidateIso(request, metadata=metadata, timeout=call_timeout)
+    reading = asyncio.ensure_future(_read(first))
+    await asyncio.sleep(rng.uniform(0.0, SLOW_DELAY / 2))
+    joiner = stub.GetCandidateIso(request, metadata=metadata, timeout=call_timeout)
+    joined = asyncio.ensure_future(_read(joiner))
+    await asyncio.sleep(rng.uniform(0.0, SLOW_DELAY / 2))
+    leaver, stayer = (first, joined) if rng.random() < 0.5 else (joiner, reading)
+    leaver.cancel()
+    outcomes = await asyncio.gather(reading, joined)
+    return outcomes[1] if stayer is joined else outcomes[0]
+
+
+async def _read(call: grpc.aio.UnaryStreamCall) -> tuple[grpc.StatusCode, str]:  # type: ignore[type-arg]
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details() or ""
+    except asyncio.CancelledError:
+        return C.CANCELLED, "cancelled by this caller"
+    return C.OK, ""
+
+
+@dataclass
+class Stubs:
+    normal: svc_grpc.VmInstanceServiceStub
+    #: A channel with a small receive window and no window growth: a slow reader holds the stream.
+    small_window: svc_grpc.VmInstanceServiceStub
 
 
 async def run_calls(
@@ -328,8 +432,12 @@ async def run_calls(
     for kind in kinds:
         queue.put_nowait(kind)
     rng = random.Random(seed)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
+    small = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+    async with (
+        grpc.aio.insecure_channel(target) as channel,
+        grpc.aio.insecure_channel(target, options=small) as small_channel,
+    ):
+        stubs = Stubs(svc_grpc.VmInstanceServiceStub(channel), svc_grpc.VmInstanceServiceStub(small_channel))
 
         async def worker() -> None:
             while time.monotonic() < until:
@@ -337,7 +445,7 @@ async def run_calls(
                     kind = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                await one_call(stub, kind, rng, results)
+                await one_call(stubs, kind, rng, results)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return queue.empty()
@@ -399,10 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     failures: list[str] = []
     try:
+        data_file = workdir / "sim-data.json"
+        write_sim_data(data_file)
         sim = start_server(
-            "simulator", [str(BIN / "zstack-sim"), "--listen", "127.0.0.1:0"], SIM_READY, workdir
+            "simulator",
+            [str(BIN / "zstack-sim"), "--listen", "127.0.0.1:0", "--data", str(data_file)],
+            SIM_READY,
+            workdir,
         )
         servers.append(sim)
+        metrics_port = free_port()
         gateway_cmd = (
             [str(BIN / "zstack-gateway")] if not probe_tasks else [sys.executable, "-c", TASK_PROBE_BOOTSTRAP]
         )
@@ -418,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                 "WARNING",
                 "--shutdown-grace",
                 "2",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
             ],
             GATEWAY_READY,
             workdir,
@@ -427,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         for kind in KINDS:
             if kind.fault is not None:
                 sim_call(sim.address, "POST", "/_sim/faults", {**kind.fault, "path": iso_path_regex(kind.vm)})
+        sim_call(
+            sim.address,
+            "POST",
+            "/_sim/faults",
+            {"action": "delay_only", "delay": SLOW_DELAY, "path": iso_path_regex(SLOW_VM)},
+        )
         timed_uses = max(5, calls // 200)
         for action, vm in TIMED_RULES:
             sim_call(
@@ -454,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(SETTLE_S)
         end = sample(gateway, probe_tasks)
         peak_rss = max(peak_rss, end.rss_mb, int(proc_status(gateway.popen.pid)["VmHWM"].split()[0]) / 1024)
+        metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        in_flight = metrics.get("zstack_gateway_rpcs_in_flight", -1.0)
         stats = sim_call(sim.address, "GET", "/_sim/stats")
         rules_left = sim_call(sim.address, "GET", "/_sim/faults")
         assert isinstance(stats, dict) and isinstance(rules_left, list)
@@ -491,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{len(results.unexpected)} unexpected statuses")
             for kind_name, code, detail in results.unexpected[:20]:
                 print(f"  unexpected: {kind_name} -> {code}: {detail}")
+        print(f"gateway: rpcs in flight at the end {in_flight:.0f}")
+        if in_flight != 0:
+            failures.append(f"the gateway's in-flight gauge is {in_flight:.0f} at the end, not 0")
         if stats.get("in_flight"):
             failures.append(f"{stats['in_flight']} upstream requests still open in the simulator")
         timed_left = [r for r in rules_left if r.get("times") is not None]
