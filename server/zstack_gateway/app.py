@@ -23,7 +23,7 @@ from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
 from zstack_gateway import callers, credentials, security, tls
 from zstack_gateway.coalesce import Coalescer
-from zstack_gateway.config import Config, split_host_port
+from zstack_gateway.config import Config, ConfigError, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
 from zstack_gateway.metrics import Metrics
 from zstack_gateway.metrics import serve as serve_metrics
@@ -117,7 +117,18 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 
 
 async def start(config: Config) -> Gateway:
-    """Build and start the gateway for ``config`` (zstack_url must be set)."""
+    """Build and start the gateway for ``config`` (zstack_url must be set).
+
+    A setting that cannot work only now (a port in use) raises ConfigError naming it; whatever was
+    started before is stopped again, so a failed start leaves nothing open."""
+    async with contextlib.AsyncExitStack() as undo:
+        gateway = await _start(config, undo)
+        undo.pop_all()  # started: from now on Gateway.stop undoes it
+        return gateway
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: the context manager may swallow)
+
+
+async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     zstack_tls = tls.zstack_ssl_context(config)
     client = ZStackClient(
         config.zstack_url,
@@ -135,6 +146,7 @@ async def start(config: Config) -> Gateway:
         queue_timeout=config.upstream_queue_timeout,
     )
     await client.start(zstack_tls)
+    undo.push_async_callback(client.close)
     metrics = Metrics()
     interceptor = GatewayInterceptor(metrics, stream_idle_timeout=config.stream_idle_timeout)
     server = grpc.aio.server(
@@ -156,16 +168,28 @@ async def start(config: Config) -> Gateway:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = tls.add_port(server, config)  # TLS or mutual TLS when configured
+    try:
+        port = tls.add_port(server, config)  # TLS or mutual TLS when configured
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        await client.close()
-        raise OSError(f"cannot listen on {config.listen}")
+        raise ConfigError(
+            f"--listen {config.listen}: cannot listen there (the port is in use, or the address is not "
+            "one of this machine's); choose another with --listen HOST:PORT (make run LISTEN=HOST:PORT)"
+        )
     await server.start()
+    undo.push_async_callback(server.stop, 0)
     gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics, interceptor)
     await health_servicer.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_listen:
         host, metrics_port = split_host_port(config.metrics_listen)
-        gateway.metrics_runner = await serve_metrics(metrics, host, metrics_port)
+        try:
+            gateway.metrics_runner = await serve_metrics(metrics, host, metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-listen {config.metrics_listen}: cannot listen there "
+                f"({exc.strerror or type(exc).__name__}); choose another HOST:PORT"
+            ) from None
     if config.readiness_interval > 0:
         gateway.readiness = Readiness(
             client, gateway.set_serving, interval=config.readiness_interval, metrics=metrics

@@ -172,8 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(config: Config) -> int:
     try:
         asyncio.run(_run(config))
-    except OSError as exc:
+    except ConfigError as exc:  # a setting that could not work only at start, e.g. a port in use
         print(f"zstack-gateway: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"zstack-gateway: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 
