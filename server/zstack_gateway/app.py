@@ -19,9 +19,9 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
-from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
 from zstack_gateway import callers, credentials, tls
+from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
@@ -29,7 +29,7 @@ from zstack_gateway.metrics import Metrics
 from zstack_gateway.metrics import serve as serve_metrics
 from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
-from zstack_gateway.servicer import VmInstanceServicer
+from zstack_gateway.servicer import VmInstanceServicer, add_to_server
 from zstack_gateway.upstream import ZStackClient
 
 log = logging.getLogger("zstack_gateway")
@@ -119,6 +119,7 @@ def server_options(config: Config) -> list[tuple[str, int]]:
 async def start(config: Config) -> Gateway:
     """Build and start the gateway for ``config`` (zstack_url must be set)."""
     zstack_tls = tls.zstack_ssl_context(config)
+    budget = MemoryBudget(config.max_held_bytes)
     client = ZStackClient(
         config.zstack_url,
         credentials.from_config(config, zstack_tls),
@@ -127,9 +128,11 @@ async def start(config: Config) -> Gateway:
         retry=RetryPolicy(max_attempts=config.upstream_attempts),
         max_concurrent=config.max_upstream_calls,
         queue_timeout=config.upstream_queue_timeout,
+        budget=budget,
     )
     await client.start(zstack_tls)
     metrics = Metrics()
+    metrics.held_bytes.set_function(lambda: budget.held)
     interceptor = GatewayInterceptor(metrics)
     server = grpc.aio.server(
         # The caller check comes after the status interceptor, which turns its refusals into statuses.
@@ -143,7 +146,7 @@ async def start(config: Config) -> Gateway:
         default_timeout=config.default_timeout,
         coalescer=Coalescer(enabled=config.coalesce),
     )
-    svc_grpc.add_VmInstanceServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -79,7 +79,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     raise errors.shutting_down()
                 await context.send_initial_metadata((("x-request-id", record.request_id),))
                 async for message in behaviour(request, context):
-                    record.images += len(getattr(message, "inventories", ()))
+                    images = getattr(message, "images", None)
+                    record.images += (
+                        images if isinstance(images, int) else len(getattr(message, "inventories", ()))
+                    )
                     yield message
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
