@@ -36,6 +36,7 @@ import asyncio
 import codecs
 import dataclasses
 import json
+import re
 import weakref
 from collections.abc import Iterator
 from json.scanner import make_scanner
@@ -156,6 +157,28 @@ _SEPARATORS: Final = frozenset(" \t\n\r,")
 _scan_once: Final = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed wants its own type
 
 
+# Text without brackets, strings included whole.
+_FLAT: Final = re.compile(r'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+')
+
+
+def _deep_item(window: str, at: int) -> tuple[Any, int] | None:
+    """The item (an array or object) at ``at`` parsed by orjson, and where it ends; None when it runs
+    past the window."""
+    depth, pos = 0, at
+    while True:
+        flat = _FLAT.match(window, pos)
+        pos = flat.end() if flat is not None else pos
+        if pos == len(window) or window[pos] == '"':  # the window cuts it (in a string, for '"')
+            return None
+        depth += 1 if window[pos] in "[{" else -1
+        pos += 1
+        if depth == 0:
+            try:
+                return orjson.loads(window[at:pos]), pos
+            except orjson.JSONDecodeError as exc:
+                raise errors.bad_response(f"the body is not valid JSON ({exc.msg})") from None
+
+
 def _list_items(text: memoryview) -> Iterator[Any]:
     """The items of a JSON list (``text``, already checked to be valid JSON), parsed one at a time.
 
@@ -180,13 +203,22 @@ def _list_items(text: memoryview) -> Iterator[Any]:
                 return
             try:
                 item, end = _scan_once(window, at)
-            except (ValueError, RecursionError, StopIteration) as exc:  # ValueError: JSONDecodeError too
+            except RecursionError:
+                # Nesting the scanner finds too deep on this call's stack (orjson goes to 1,024).
+                deep = _deep_item(window, at)
+                if deep is None:
+                    if last:  # cannot happen: the whole text was checked
+                        raise errors.bad_response(
+                            "the body is not valid JSON (an item does not end)"
+                        ) from None
+                    break
+                item, end = deep
+            except (ValueError, StopIteration) as exc:  # ValueError: JSONDecodeError too
                 # Where the window cuts the item, it is incomplete: read on. In the last window, only
                 # what the json module refuses beyond the check can come here (an integer of more
-                # than 4,300 digits, nesting past the recursion limit).
+                # than 4,300 digits).
                 if last:
-                    problem = str(exc) or type(exc).__name__
-                    raise errors.bad_response(f"the body is not valid JSON ({problem})") from None
+                    raise errors.bad_response(f"the body is not valid JSON ({exc})") from None
                 break
             if end == width and not last:
                 break  # an item that ends where the window does may go on past it (a number)
