@@ -518,7 +518,7 @@ def test_coalesced_callers_read_identical_complete_streams(upstream: Upstream, g
         image(i, "z" * rng_len) for i, rng_len in enumerate(random.Random(7).choices(range(3000), k=3000))
     ]
     upstream.body = body_of(images)
-    upstream.delay = 1.0  # the calls all arrive while the first one waits for ZStack
+    upstream.delay = 2.0  # the calls all arrive while the first one waits for ZStack
     callers = 12
 
     def one(k: int) -> list[bytes]:
