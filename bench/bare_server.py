@@ -45,9 +45,14 @@ def fetch_messages(zstack_url: str, vm_uuid: str) -> list[svc.GetCandidateIsoRes
 
 def gateway_messages(raw: bytes) -> list[svc.GetCandidateIsoResponse]:
     """What the gateway's own modules make of this body: its lazy ``stream.ImageStream`` where the
-    gateway has one, else ``stream.chunks`` over ``translate.inventories_from_body``."""
+    gateway has one (over the raw body, yielding serialized ``stream.Chunk`` s, in gateways that have
+    them), else ``stream.chunks`` over ``translate.inventories_from_body``."""
     body = json.loads(raw)
     image_stream: Any = getattr(stream, "ImageStream", None)
+    if image_stream is not None and hasattr(stream, "Chunk"):
+        return [
+            svc.GetCandidateIsoResponse.FromString(c.data) for c in image_stream(raw, ZSTACK_TZ).messages()
+        ]
     if image_stream is not None:
         return list(image_stream(body, len(raw), ZSTACK_TZ).messages())
     chunks: Any = getattr(stream, "chunks")  # noqa: B009 - absent from the newer gateway

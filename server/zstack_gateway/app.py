@@ -19,9 +19,9 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
-from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
 from zstack_gateway import callers, credentials, security, tls
+from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, ConfigError, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
@@ -29,7 +29,7 @@ from zstack_gateway.metrics import Metrics
 from zstack_gateway.metrics import serve as serve_metrics
 from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
-from zstack_gateway.servicer import VmInstanceServicer
+from zstack_gateway.servicer import VmInstanceServicer, add_to_server
 from zstack_gateway.upstream import ZStackClient
 
 log = logging.getLogger("zstack_gateway")
@@ -130,6 +130,7 @@ async def start(config: Config) -> Gateway:
 
 async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     zstack_tls = tls.zstack_ssl_context(config)
+    budget = MemoryBudget(config.max_held_bytes)
     client = ZStackClient(
         config.zstack_url,
         credentials.from_config(config, zstack_tls),
@@ -144,10 +145,12 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         if config.auth_mode == security.PASSTHROUGH
         else 0,
         queue_timeout=config.upstream_queue_timeout,
+        budget=budget,
     )
     await client.start(zstack_tls)
     undo.push_async_callback(client.close)
     metrics = Metrics()
+    metrics.held_bytes.set_function(lambda: budget.held)
     interceptor = GatewayInterceptor(metrics, stream_idle_timeout=config.stream_idle_timeout)
     server = grpc.aio.server(
         # The caller check comes after the status interceptor, which turns its refusals into statuses.
@@ -161,7 +164,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         default_timeout=config.default_timeout,
         coalescer=Coalescer(enabled=config.coalesce),
     )
-    svc_grpc.add_VmInstanceServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -49,6 +49,12 @@ class Config:
     max_body_bytes: int = setting(
         256 * 1024 * 1024, "largest ZStack response body read; larger ones fail cleanly", "N"
     )
+    max_held_bytes: int = setting(
+        1024 * 1024 * 1024,
+        "bytes of ZStack answers, and of the stream messages built from them, held for callers at "
+        "most; a call whose answer would pass it fails with RESOURCE_EXHAUSTED",
+        "N",
+    )
     upstream_pool_size: int = setting(100, "pooled HTTP connections to ZStack at most", "N")
     max_upstream_calls: int = setting(
         16,
@@ -199,6 +205,8 @@ class Config:
             raise ConfigError("--shutdown-grace must not be negative")
         if self.max_body_bytes < 1024:
             raise ConfigError("--max-body-bytes must be at least 1024")
+        if self.max_held_bytes < 1024:
+            raise ConfigError("--max-held-bytes must be at least 1024")
         if self.workers > 1 and self.listen_port == 0:
             raise ConfigError("--workers above 1 needs a fixed --listen port, not 0")
         for name in (

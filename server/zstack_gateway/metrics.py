@@ -62,6 +62,12 @@ class Metrics:
             "zstack_gateway_coalesced_calls", "Calls answered by another call's upstream request", registry=r
         )
         self.images = Counter("zstack_gateway_images_streamed", "ISO images streamed to callers", registry=r)
+        self.held_bytes = Gauge(
+            "zstack_gateway_held_bytes",
+            "Bytes of ZStack answers, and of the stream messages built from them, held for callers "
+            "(bounded by --max-held-bytes)",
+            registry=r,
+        )
         self.zstack_ready = Gauge(
             "zstack_gateway_zstack_ready", "1 while ZStack answers its readiness check, else 0", registry=r
         )

@@ -1,82 +1,436 @@
-"""Cuts ZStack's image list into stream messages, translating each chunk only when it is sent.
+"""Cuts ZStack's image list into stream messages, building each one only when a caller needs it.
 
-grpcio spends a roughly fixed cost per streamed message, so one message per image makes long lists
-slow; one message for everything makes the first image late and can pass the caller's maximum
-message size. Translating chunk by chunk lets the first images leave while later ones are still
-being built, and lets the caller decode one chunk while the gateway builds the next. The rules (also
-documented in the proto):
+What a call holds follows the bytes it received. ZStack's answer stays the bytes that came (never a
+Python object per image); images are parsed, translated and serialized one at a time as their
+message is built, and a built message is kept as its serialized bytes. The rules (also documented
+in the proto):
 
-* the first message holds at most FIRST_CHUNK_IMAGES images, so the first image arrives early;
-* later messages hold up to CHUNK_IMAGES images, fewer when images are large, so that a message
-  stays near CHUNK_BYTES (sized from the average image in ZStack's JSON, which is larger than the
-  protobuf form, without measuring every image);
-* an empty list is one message with no images.
+* every message is at most CHUNK_BYTES (1 MiB) serialized, so it fits any caller's default maximum
+  (4 MiB) with room to spare;
+* the first message holds at most FIRST_CHUNK_IMAGES images, so the first image arrives early, and
+  later ones at most CHUNK_IMAGES (grpcio spends a roughly fixed cost per message, so one message
+  per image would make long lists slow);
+* an empty list is one message with no images;
+* an image that alone is over CHUNK_BYTES ends the stream with RESOURCE_EXHAUSTED (ErrorInfo reason
+  ``IMAGE_TOO_LARGE``) right after the images before it.
 
-An :class:`ImageStream` is shared by coalesced calls: each chunk is translated once, by whichever
-call needs it first, and kept for the others. A chunk that cannot be translated ends every call that
-reaches it with the same error, after the chunks before it.
+How. The body is checked once up front without building Python objects: valid UTF-8, then msgspec
+checks it is JSON, an object, with an ``inventories`` list, and points at that list's text. Whatever
+that check refuses goes through the full parse (orjson), which gives the same error as it always did,
+or, for the rare JSON that only orjson accepts, the parsed list. Images are then parsed from a window
+of the list's text by the json module's scanner, which also tells where each image ends, and each is
+serialized alone and framed as field 1 (``inventories``) of GetCandidateIsoResponse: a message is
+the concatenation of its framed images, so its exact size is known before it is sent.
+
+An :class:`ImageStream` is shared by coalesced calls, each reading it through a :class:`Reader`.
+A message is built once, by whichever reader needs it first, and kept until every reader has taken
+it; the list's text goes when every image is built. What the stream holds is charged to the
+gateway's memory budget (see :mod:`zstack_gateway.budget`) and released as it goes. A message that
+cannot be built (an image ZStack sent that cannot be translated, or one too large) ends every call
+that reaches it with the same error, after the images before it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import dataclasses
+import json
+import re
+import weakref
 from collections.abc import Iterator
-from typing import Any
+from json.scanner import make_scanner
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
-from zstack.v1 import vm_instance_service_pb2 as svc
+import grpc
+import msgspec
+import orjson
 
-from zstack_gateway import translate
+from zstack_gateway import errors, translate
+from zstack_gateway.budget import Account
 
-FIRST_CHUNK_IMAGES = 16
-CHUNK_IMAGES = 512
-CHUNK_BYTES = 1024 * 1024
+FIRST_CHUNK_IMAGES: Final = 16
+CHUNK_IMAGES: Final = 512
+CHUNK_BYTES: Final = 1024 * 1024
+#: Bytes of the list's text decoded at a time (more when one image is larger).
+WINDOW_BYTES: Final = 1024 * 1024
+
+# The tag of GetCandidateIsoResponse.inventories: field 1, length-delimited.
+_INVENTORIES_TAG: Final = 0x0A
+_SHORT_HEADERS: Final = tuple(bytes((_INVENTORIES_TAG, size)) for size in range(0x80))
 
 
-def chunk_bounds(count: int, body_bytes: int, *, first: int = FIRST_CHUNK_IMAGES) -> list[tuple[int, int]]:
-    """``(start, stop)`` index pairs of each message for ``count`` images in a ``body_bytes`` body."""
-    if count == 0:
-        return [(0, 0)]
-    per_image = max(1, body_bytes // count)
-    size = max(1, min(CHUNK_IMAGES, CHUNK_BYTES // per_image))
-    bounds = [(0, min(count, first, size))]
-    start = bounds[0][1]
-    while start < count:
-        bounds.append((start, min(count, start + size)))
-        start += size
-    return bounds
+class Chunk(NamedTuple):
+    """One stream message, serialized: a GetCandidateIsoResponse holding ``images`` images."""
+
+    data: bytes
+    images: int
+
+
+def image_too_large(index: int, size: int) -> errors.GatewayError:
+    """The error ending a stream at an image that alone does not fit in one message."""
+    message = (
+        f"image inventories[{index}] takes {size} bytes in a stream message, over the {CHUNK_BYTES}-byte "
+        "limit of one message; the images before it were sent"
+    )
+    return errors.GatewayError(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message=message,
+        reason="IMAGE_TOO_LARGE",
+        error_code=errors.gateway_error_code("IMAGE_TOO_LARGE", message),
+    )
+
+
+def _header(size: int) -> bytes:
+    """The tag and varint length that frame a serialized image of ``size`` bytes in the message."""
+    if size < 0x80:
+        return _SHORT_HEADERS[size]
+    out = bytearray((_INVENTORIES_TAG,))
+    while size >= 0x80:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)
+
+
+# --- the body, checked up front ------------------------------------------------------------------
+
+Body = bytes | bytearray
+
+
+class _Envelope(msgspec.Struct):
+    inventories: msgspec.Raw
+
+
+_ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
+_END: Final = object()
+
+
+def _items_of(body: Body) -> Iterator[Any]:
+    """The items of a success body ``{"inventories": [...]}``, parsed one at a time as asked for.
+
+    Raises, before any image is read, the errors the full parse gives: GatewayError (ZSTACK_BAD_RESPONSE)
+    for a body that is not valid JSON, TranslationError for a body of the wrong shape.
+    """
+    if _is_utf8(body):
+        try:
+            envelope = _ENVELOPE.decode(body)
+        except (msgspec.DecodeError, RecursionError):  # msgspec.ValidationError is a DecodeError
+            pass
+        else:
+            text = memoryview(envelope.inventories)  # a view into body: nothing is copied
+            if text[0] == ord("["):
+                return _list_items(text)
+    # What the check refused: the full parse says why, in the words it always used, or (JSON that only
+    # orjson accepts, e.g. nesting msgspec finds too deep) gives the list.
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.bad_response(f"the body is not valid JSON ({exc.msg} at byte {exc.pos})") from None
+    return _parsed_items(translate.inventory_items(parsed))
+
+
+def _is_utf8(body: Body) -> bool:
+    if body.isascii():
+        return True
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    try:
+        for start in range(0, len(view), WINDOW_BYTES):
+            decoder.decode(view[start : start + WINDOW_BYTES])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parsed_items(items: list[Any]) -> Iterator[Any]:
+    """Items already parsed; each is let go once handed out."""
+    for index, item in enumerate(items):
+        items[index] = None
+        yield item
+
+
+# Between items of a list: JSON whitespace and the comma.
+_SEPARATORS: Final = frozenset(" \t\n\r,")
+_scan_once: Final = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed wants its own type
+
+
+# Text without brackets, strings included whole.
+_FLAT: Final = re.compile(r'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+')
+
+
+def _deep_item(window: str, at: int) -> tuple[Any, int] | None:
+    """The item (an array or object) at ``at`` parsed by orjson, and where it ends; None when it runs
+    past the window."""
+    depth, pos = 0, at
+    while True:
+        flat = _FLAT.match(window, pos)
+        pos = flat.end() if flat is not None else pos
+        if pos == len(window) or window[pos] == '"':  # the window cuts it (in a string, for '"')
+            return None
+        depth += 1 if window[pos] in "[{" else -1
+        pos += 1
+        if depth == 0:
+            try:
+                return orjson.loads(window[at:pos]), pos
+            except orjson.JSONDecodeError as exc:
+                raise errors.bad_response(f"the body is not valid JSON ({exc.msg})") from None
+
+
+def _list_items(text: memoryview) -> Iterator[Any]:
+    """The items of a JSON list (``text``, already checked to be valid JSON), parsed one at a time.
+
+    A window of the text is decoded at a time (WINDOW_BYTES, more when one item is larger); the json
+    module's scanner parses the item at a position and says where it ends.
+    """
+    start, size = 1, WINDOW_BYTES  # past the list's "["
+    while True:
+        # Not final: a character cut by the window's end is left for the next window.
+        window, used = codecs.utf_8_decode(text[start : start + size], "strict", False)
+        width = len(window)
+        last = start + used == len(text)
+        at = 0
+        while True:
+            while at < width and window[at] in _SEPARATORS:
+                at += 1
+            if at == width:
+                if last:  # cannot happen: the checked text ends with "]"
+                    raise errors.bad_response("the body is not valid JSON (the list does not end)")
+                break
+            if window[at] == "]":
+                return
+            try:
+                item, end = _scan_once(window, at)
+            except RecursionError:
+                # Nesting the scanner finds too deep on this call's stack (orjson goes to 1,024).
+                deep = _deep_item(window, at)
+                if deep is None:
+                    if last:  # cannot happen: the whole text was checked
+                        raise errors.bad_response(
+                            "the body is not valid JSON (an item does not end)"
+                        ) from None
+                    break
+                item, end = deep
+            except (ValueError, StopIteration) as exc:  # ValueError: JSONDecodeError too
+                # Where the window cuts the item, it is incomplete: read on. In the last window, only
+                # what the json module refuses beyond the check can come here (an integer of more
+                # than 4,300 digits).
+                if last:
+                    raise errors.bad_response(f"the body is not valid JSON ({exc})") from None
+                break
+            if end == width and not last:
+                break  # an item that ends where the window does may go on past it (a number)
+            yield item
+            at = end
+        # The next window starts at the item that ran past this one, and is larger if the item
+        # already started this one.
+        offset = start + (at if used == width else len(window[:at].encode("utf-8")))
+        size = size * 2 if offset == start else WINDOW_BYTES
+        start = offset
+
+
+# --- the stream ------------------------------------------------------------------------------------
+
+
+class _Seal:
+    """Set once no further reader can join the stream (see ImageStream)."""
+
+    sealed = False
+
+    def __call__(self, _: object = None) -> None:
+        self.sealed = True
 
 
 class ImageStream:
-    """ZStack's answer, checked for shape, translated lazily into stream messages."""
+    """ZStack's answer, checked for shape, built lazily into stream messages for one or more readers.
 
-    def __init__(self, body: object, body_bytes: int, tz: ZoneInfo) -> None:
-        self._items: list[Any] = translate.inventory_items(body)
-        self._tz = tz
-        self._bounds = chunk_bounds(len(self._items), body_bytes)
-        self._built: list[svc.GetCandidateIsoResponse] = []
-        self._failure: translate.TranslationError | None = None
+    ``account`` holds the body's bytes against the memory budget; the stream adds its messages to it
+    and releases both as it lets them go. ``shared_by``: the task whose result this stream is, when
+    coalesced calls may still join it through that task; until the task is gone, messages every
+    current reader has taken are kept for readers still to come. None: the stream is not shared
+    beyond the readers it gets at once.
+    """
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def messages(self) -> Iterator[svc.GetCandidateIsoResponse]:
-        for index in range(len(self._bounds)):
-            if index == len(self._built):
-                self._build(index)
-            yield self._built[index]
-
-    def _build(self, index: int) -> None:
-        if self._failure is not None:
-            raise self._failure
-        start, stop = self._bounds[index]
-        message = svc.GetCandidateIsoResponse()
-        add = message.inventories.add  # images are built in place: no copy into the message
-        items, tz = self._items, self._tz
+    def __init__(
+        self,
+        body: Body,
+        tz: ZoneInfo,
+        account: Account | None = None,
+        *,
+        shared_by: asyncio.Task[Any] | None = None,
+    ) -> None:
+        self._account = account
+        self._body_bytes = len(body)
+        self._items: Iterator[Any] | None = None
+        self._built: list[Chunk | None] = []
+        self._closed = False
         try:
-            for i in range(start, stop):
-                translate.add_image(add, items[i], tz, f"inventories[{i}]")
-                items[i] = None  # translated: its parsed JSON can go (memory stays bounded)
-        except translate.TranslationError as exc:
-            self._failure = exc
+            self._items = _items_of(body)
+        except BaseException:
+            self.close()
             raise
-        self._built.append(message)
+        self._tz = tz
+        self._seal = _Seal()
+        self._shared_by: weakref.ref[asyncio.Task[Any]] | None = None
+        if shared_by is None:
+            self._seal()
+        else:
+            self._shared_by = weakref.ref(shared_by, self._seal)
+        self._index = 0  # of the next image to translate
+        # A framed image that did not fit in the message before: (index, header, data).
+        self._carry: tuple[int, bytes, bytes] | None = None
+        self._failure: tuple[str, str] | errors.GatewayError | None = None
+        self._released = 0  # messages let go (every reader took them)
+        self._readers: dict[int, int] = {}  # reader id -> index of the next message it reads
+        self._next_reader = 0
+
+    # -- readers --
+
+    def reader(self) -> Reader:
+        """Start reading from the first message."""
+        if self._closed or self._released:
+            # Cannot happen with the coalescer: a call that can still join holds the stream's task.
+            raise errors.internal("a call joined a shared stream after its first messages were let go")
+        token = self._next_reader
+        self._next_reader += 1
+        self._readers[token] = 0
+        return Reader(self, token)
+
+    def messages(self) -> Iterator[Chunk]:
+        """Every message, for one reader."""
+        reader = self.reader()
+        try:
+            yield from reader
+        finally:
+            reader.close()
+
+    def _read(self, token: int) -> Chunk:
+        index = self._readers[token]
+        if index == len(self._built) and not self._build():
+            raise StopIteration
+        chunk = self._built[index]
+        assert chunk is not None
+        self._readers[token] = index + 1
+        if self._seal.sealed:
+            self._let_go(min(self._readers.values()))
+        return chunk
+
+    def _leave(self, token: int) -> None:
+        del self._readers[token]
+        if self._seal.sealed:
+            if self._readers:
+                self._let_go(min(self._readers.values()))
+            else:
+                self.close()
+
+    def _let_go(self, below: int) -> None:
+        for index in range(self._released, below):
+            chunk = self._built[index]
+            self._built[index] = None
+            if chunk is not None and self._account is not None:
+                self._account.release(len(chunk.data))
+        self._released = max(self._released, below)
+
+    def close(self) -> None:
+        """Let go of everything: the body, every message, their charge on the budget."""
+        self._closed = True
+        self._drop_body()
+        self._built = []
+        if self._account is not None:
+            self._account.close()
+
+    # -- building --
+
+    def _drop_body(self) -> None:
+        if self._items is not None:
+            self._items = None
+            if self._account is not None:
+                self._account.release(self._body_bytes)
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        # A new exception each time: a kept one would keep the frames of its first raise alive.
+        if isinstance(failure, errors.GatewayError):
+            raise dataclasses.replace(failure)
+        if failure is not None:
+            raise translate.TranslationError(*failure)
+
+    def _build(self) -> bool:
+        """Build the next message; False when there is none."""
+        self._raise_failure()
+        if self._closed:
+            raise errors.internal("read from a closed stream")
+        limit = CHUNK_IMAGES if self._built else FIRST_CHUNK_IMAGES
+        pieces: list[bytes] = []
+        size = images = 0
+        items, tz, index = self._items, self._tz, self._index
+        carry, self._carry = self._carry, None
+        try:
+            while images < limit:
+                if carry is not None:
+                    at, header, data = carry
+                    carry = None
+                else:
+                    item = _END if items is None else next(items, _END)
+                    if item is _END:
+                        self._drop_body()
+                        break
+                    at = index
+                    index += 1
+                    data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
+                    header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
+                length = len(header) + len(data)
+                if size + length > CHUNK_BYTES:
+                    if not images:
+                        raise image_too_large(at, length)
+                    self._carry = (at, header, data)
+                    break
+                pieces.append(header)
+                pieces.append(data)
+                size += length
+                images += 1
+        except translate.TranslationError as exc:
+            self._fail((exc.field, exc.reason))
+            if not images:
+                raise
+        except errors.GatewayError as exc:
+            self._fail(exc)
+            if not images:
+                raise
+        finally:
+            self._index = index
+        if not images and self._built:
+            return False
+        chunk = Chunk(b"".join(pieces), images)
+        self._built.append(chunk)
+        if self._account is not None:
+            self._account.add(len(chunk.data))
+        return True
+
+    def _fail(self, failure: tuple[str, str] | errors.GatewayError) -> None:
+        self._failure = failure
+        self._carry = None
+        self._drop_body()
+
+
+class Reader:
+    """One call's way through an :class:`ImageStream`: iterate it, then :meth:`close` it."""
+
+    def __init__(self, stream: ImageStream, token: int) -> None:
+        self._stream: ImageStream | None = stream
+        self._token = token
+
+    def __iter__(self) -> Reader:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._stream is None:
+            raise StopIteration
+        return self._stream._read(self._token)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream._leave(self._token)
+            self._stream = None

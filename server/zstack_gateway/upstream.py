@@ -1,8 +1,9 @@
 """The ZStack client: one pooled aiohttp session, one method per ZStack API the gateway calls.
 
 Its one job is HTTP: build the request for the configured management node only, send it within the
-call's deadline, read the body up to the size cap, and hand back parsed JSON, or raise the
-GatewayError that :mod:`zstack_gateway.errors` classifies for the failure.
+call's deadline, read the body up to the size cap (charged to the memory budget as it arrives), and
+hand back the body as it came, or raise the GatewayError that :mod:`zstack_gateway.errors` classifies
+for the failure. The body is parsed later, image by image (see :mod:`zstack_gateway.stream`).
 
 Why aiohttp and not requests: the gateway serves every call on one asyncio event loop (grpc.aio),
 so its HTTP client must be asynchronous and cancellable mid-request: a caller who cancels or whose
@@ -22,10 +23,10 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import grpc
-import orjson
 from yarl import URL
 
 from zstack_gateway import errors, observe
+from zstack_gateway.budget import Account, MemoryBudget
 from zstack_gateway.credentials import CallerAuth, Credentials, is_invalid_session
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
@@ -35,10 +36,15 @@ USER_AGENT = "zstack-grpc-gateway/0.1"
 
 
 class Reply(NamedTuple):
-    """A 200 answer: its parsed JSON and the size of its body in bytes."""
+    """An answer's body as it came, not parsed, and the account that holds its bytes against the
+    gateway's memory budget until the calls that use it are done with them."""
 
-    body: object
-    size: int
+    body: bytearray
+    account: Account
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
 
 
 class _Share:
@@ -77,12 +83,14 @@ class ZStackClient:
         max_concurrent: int = 16,
         max_per_identity: int = 0,
         queue_timeout: float = 10.0,
+        budget: MemoryBudget | None = None,
     ) -> None:
         # Only the path prefix of the configured URL is used; nothing a caller sends can change the
         # scheme, host or port, and every path segment taken from a request is percent-encoded.
         self._base = base_url.rstrip("/")
         self._credentials = credentials
         self._max_body_bytes = max_body_bytes
+        self._budget = budget if budget is not None else MemoryBudget(2**63)
         self._pool_size = pool_size
         self._retry = retry
         self._max_concurrent = max_concurrent
@@ -161,7 +169,7 @@ class ZStackClient:
     async def get_iso_candidates(
         self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
     ) -> Reply:
-        """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the parsed JSON of a 200 answer."""
+        """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the body of a 200 answer."""
         return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline)
 
     async def get(
@@ -233,21 +241,21 @@ class ZStackClient:
         if metrics is not None:
             metrics.upstream_in_flight.inc()
         try:
-            status, body = await self._send(url, headers, deadline)
+            status, reply = await self._send(url, headers, deadline)
             if status != 200:
-                error = errors.from_http_response(status, bytes(body), deadline_sent=deadline.from_caller)
+                reply.account.close()
+                error = errors.from_http_response(
+                    status, bytes(reply.body), deadline_sent=deadline.from_caller
+                )
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
             if metrics is not None:
                 metrics.upstream_in_flight.dec()
             observe.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
-        try:
-            return Reply(orjson.loads(body), len(body))
-        except orjson.JSONDecodeError as exc:
-            raise errors.bad_response(f"the body is not valid JSON ({_json_problem(exc)})") from None
+        return reply
 
-    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, bytearray]:
+    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, Reply]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
         headers = {**headers, **observe.upstream_headers(), "Accept": "application/json"}
@@ -294,9 +302,14 @@ class ZStackClient:
         except aiohttp.ClientError as exc:
             raise errors.unavailable(f"HTTP failure ({type(exc).__name__})", retryable=False) from None
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytearray:
-        """The whole body, at most the cap. With a Content-Length it goes straight into one buffer of
-        that size (no list of pieces joined at the end, which would hold the body twice)."""
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> Reply:
+        """The whole body, at most the cap, charged to the memory budget piece by piece as it arrives.
+
+        Memory follows the bytes received: a Content-Length over the cap fails at once, but none is
+        ever allocated ahead (a peer may announce 250 MB and send 18 bytes). The buffer grows by
+        appends, which never holds the body twice. Whatever ends the read early (the cap, the budget,
+        a broken connection, the deadline) releases what was charged.
+        """
         cap = self._max_body_bytes
         length = resp.content_length
         if length is not None and length > cap:
@@ -304,25 +317,21 @@ class ZStackClient:
                 f"the body is {length} bytes, over the gateway's cap of {cap} bytes (--max-body-bytes)",
                 http_status=resp.status,
             )
-        buffer = bytearray()
-        if length is not None:
-            buffer = bytearray(length)
-        size = 0
-        async for chunk in resp.content.iter_any():
-            end = size + len(chunk)
-            if end > cap:
-                raise errors.bad_response(
-                    f"the body is over the gateway's cap of {cap} bytes (--max-body-bytes)",
-                    http_status=resp.status,
-                )
-            if end <= len(buffer):
-                buffer[size:end] = chunk
-            else:
-                del buffer[size:]
-                buffer += chunk
-            size = end
-        del buffer[size:]  # a body shorter than its Content-Length (aiohttp raises before this)
-        return buffer
+        account = self._budget.account()
+        body = bytearray()
+        try:
+            async for chunk in resp.content.iter_any():
+                if len(body) + len(chunk) > cap:
+                    raise errors.bad_response(
+                        f"the body is over the gateway's cap of {cap} bytes (--max-body-bytes)",
+                        http_status=resp.status,
+                    )
+                account.charge(len(chunk))
+                body += chunk
+        except BaseException:
+            account.close()
+            raise
+        return Reply(body, account)
 
 
 def identity_overloaded(share: int, total: int, waited: float) -> errors.GatewayError:
@@ -350,7 +359,3 @@ def api_label(api_path: str) -> str:
 
 
 _UUID_SEGMENT = re.compile(r"/[0-9a-fA-F]{32}(?=/|$)")
-
-
-def _json_problem(exc: orjson.JSONDecodeError) -> str:
-    return f"{exc.msg} at byte {exc.pos}"
