@@ -303,6 +303,50 @@ def internal(message: str = "internal error in the gateway") -> GatewayError:
     return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
 
 
+#: ZStack's answers to a login with wrong credentials, or for an account that may not log in now
+#: (must change its initial password, locked by the commercial login control).
+ACCOUNT_REJECTED_CODES = frozenset({"ID.1000", "ID.1005", "LOGIN_CONTROL.1002"})
+
+
+def login_failed(err: GatewayError, account: str) -> GatewayError:
+    """A failed login of the gateway's own account (``err`` as classified from the login's answer
+    or its transport failure), as the calls that needed the login see it:
+
+    * the account rejected: UNAUTHENTICATED, ``ZSTACK_ACCOUNT_REJECTED``;
+    * an answer the gateway cannot read: INTERNAL, ``ZSTACK_BAD_RESPONSE``;
+    * anything else (ZStack's own errors, a proxy's page, a refused or broken connection, no answer
+      in time): UNAVAILABLE, ``ZSTACK_LOGIN_FAILED``: the calls may work once ZStack does.
+
+    ZStack's ErrorCode and the HTTP status stay in the details.
+    """
+    what = f"logging in to ZStack as account {account!r}"
+    if err.zstack_code in ACCOUNT_REJECTED_CODES:
+        text = _cut(
+            err.error_code.details or err.error_code.description or "credentials refused", _MESSAGE_TEXT_CHARS
+        )
+        return GatewayError(
+            code=grpc.StatusCode.UNAUTHENTICATED,
+            message=(
+                f"ZStack rejected the gateway's account {account!r}: {text} "
+                "(check --zstack-account and ZSTACK_PASSWORD / --password-file)"
+            ),
+            reason="ZSTACK_ACCOUNT_REJECTED",
+            error_code=err.error_code,
+            http_status=err.http_status,
+        )
+    if err.reason == "ZSTACK_BAD_RESPONSE":
+        code, reason = grpc.StatusCode.INTERNAL, "ZSTACK_BAD_RESPONSE"
+    else:
+        code, reason = grpc.StatusCode.UNAVAILABLE, "ZSTACK_LOGIN_FAILED"
+    return GatewayError(
+        code=code,
+        message=f"{what} failed: {err.message}",
+        reason=reason,
+        error_code=err.error_code,
+        http_status=err.http_status,
+    )
+
+
 def from_exception(exc: BaseException) -> GatewayError:
     """Any exception that reaches the RPC boundary, as a GatewayError. Unknown exceptions become a
     generic INTERNAL without their text (it may hold internals); the caller logs them."""
