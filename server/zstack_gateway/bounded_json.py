@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any, Final
 
-__all__ = ["CUT_MARK", "CutDict", "CutList", "loads"]
+__all__ = ["CUT_MARK", "CutDict", "CutList", "loads", "skip_rest"]
 
 #: Appended to a string the reader (or the gateway) cut.
 CUT_MARK: Final = " [cut by the gateway]"
