@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import grpc
+import orjson
 
 from zstack_gateway import errors, security, validation
 from zstack_gateway.errors import SESSION_GLOBAL_CODES, GatewayError
@@ -161,9 +162,6 @@ _session_used: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 _SESSION_UUID = re.compile(r"[A-Za-z0-9-]{1,128}")
 _MAX_ANSWER_BYTES = 1024 * 1024
-# ZStack's answers to a login with wrong credentials, or for an account that may not log in now
-# (must change its initial password, locked by the commercial login control).
-_REJECTED_CODES = ("ID.1000", "ID.1005", "LOGIN_CONTROL.1002")
 
 
 class AccountLogin:
@@ -173,10 +171,12 @@ class AccountLogin:
       its own, so a caller that gives up does not abort it for the others).
     * ``refresh_after_invalid_session`` logs in again only when the failed request used the session
       still current; calls that failed on an older one just retry with the new one.
-    * A rejected login (wrong name or password) is remembered for ``rejection_backoff`` seconds,
-      doubled after each further rejection up to ``max_rejection_backoff``: calls in that window fail
-      at once with the same UNAUTHENTICATED error instead of hammering ZStack's login (and its
-      lockout rules) in a loop.
+    * A failed login is remembered for ``rejection_backoff`` seconds, doubled after each further
+      failure up to ``max_rejection_backoff``: calls in that window fail at once with the same error
+      instead of hammering ZStack's login (and its lockout rules) in a loop. Whatever the login's
+      answer (a rejected account, ZStack's own error, a proxy's page, unreadable or hostile JSON, a
+      refused or broken connection, no answer in time), the calls get a GatewayError, classified by
+      :func:`errors.login_failed`: UNAUTHENTICATED, UNAVAILABLE or INTERNAL (ZSTACK_BAD_RESPONSE).
     """
 
     def __init__(
@@ -197,12 +197,12 @@ class AccountLogin:
         self._login_timeout = login_timeout
         self._rejection_backoff = rejection_backoff
         self._max_rejection_backoff = max_rejection_backoff
-        self._rejections = 0
+        self._failures = 0
         self._identity = digest("account", self._base, account)
         self._session: str | None = None
         self._login_task: asyncio.Task[str] | None = None
-        self._rejected: GatewayError | None = None
-        self._rejected_until = 0.0
+        self._failure: GatewayError | None = None
+        self._failed_until = 0.0
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
         #: Logins sent to ZStack (successful or not), for tests and metrics.
@@ -263,8 +263,10 @@ class AccountLogin:
             return self._session
         if self._closed:
             raise errors.unavailable("the gateway is shutting down", retryable=False)
-        if self._rejected is not None and time.monotonic() < self._rejected_until:
-            raise _copy(self._rejected)
+        if self._failure is not None:
+            left = self._failed_until - time.monotonic()
+            if left > 0:
+                raise _copy(self._failure, left)
         task = self._login_task
         if task is None:
             task = asyncio.ensure_future(self._login_and_keep())
@@ -274,20 +276,28 @@ class AccountLogin:
 
     async def _login_and_keep(self) -> str:
         try:
-            session = await self._login()
-        except GatewayError as exc:
-            if exc.reason == "ZSTACK_ACCOUNT_REJECTED":
-                self._rejections += 1
-                backoff = self._rejection_backoff * 2 ** min(self._rejections - 1, 16)
-                self._rejected = exc
-                self._rejected_until = time.monotonic() + min(backoff, self._max_rejection_backoff)
-            raise
+            try:
+                session = await self._login()
+            except GatewayError as exc:
+                failure = errors.login_failed(exc, self._account)
+            except Exception:  # a fault of the gateway's own: logged once per back-off, never raised raw
+                log.exception("logging in to ZStack as account %r failed unexpectedly", self._account)
+                failure = errors.internal(f"logging in to ZStack as account {self._account!r} failed")
+            else:
+                self._failure = None
+                self._failures = 0
+                self._session = session
+                return session
+            self._failures += 1
+            backoff = min(
+                self._rejection_backoff * 2 ** min(self._failures - 1, 16), self._max_rejection_backoff
+            )
+            self._failure = failure
+            self._failed_until = time.monotonic() + backoff
+            log.warning("%s; the gateway tries again in %g s", failure.message, backoff)
+            raise _copy(failure, backoff) from None
         finally:
             self._login_task = None
-        self._rejected = None
-        self._rejections = 0
-        self._session = session
-        return session
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -300,46 +310,26 @@ class AccountLogin:
         return self._http
 
     async def _login(self) -> str:
+        """One login; raises the GatewayError classified from its answer (see errors)."""
         self.logins += 1
         body = json.dumps(
             {"logInByAccount": {"accountName": self._account, "password": self._password_hash.reveal()}}
         )
-        what = f"logging in to ZStack as account {self._account!r}"
         status, raw = await self._request(
             "PUT",
             "/v1/accounts/login",
-            what,
+            "",  # errors.login_failed says what failed
             data=body.encode(),
             headers={"Content-Type": "application/json;charset=UTF-8"},
         )
         if status != 200:
-            err = errors.from_http_response(status, raw, deadline_sent=False)
-            if err.zstack_code in _REJECTED_CODES:
-                text = err.error_code.details or err.error_code.description or "credentials refused"
-                message = (
-                    f"ZStack rejected the gateway's account {self._account!r}: {text} "
-                    "(check --zstack-account and ZSTACK_PASSWORD / --password-file)"
-                )
-                log.warning("%s", message)
-                raise GatewayError(
-                    code=grpc.StatusCode.UNAUTHENTICATED,
-                    message=message,
-                    reason="ZSTACK_ACCOUNT_REJECTED",
-                    error_code=err.error_code,
-                    http_status=status,
-                )
-            log.warning("%s failed: %s", what, err.message)
-            raise GatewayError(
-                code=err.code,
-                message=f"{what} failed: {err.message}",
-                reason=err.reason,
-                error_code=err.error_code,
-                http_status=status,
-            )
+            raise errors.from_http_response(status, raw, deadline_sent=False)
         try:
-            uuid = json.loads(raw)["inventory"]["uuid"]
-        except (ValueError, KeyError, TypeError):
-            uuid = None
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise errors.bad_response(f"the login answer is not JSON ({exc.msg})") from None
+        inventory = answer.get("inventory") if isinstance(answer, dict) else None
+        uuid = inventory.get("uuid") if isinstance(inventory, dict) else None
         if not isinstance(uuid, str) or not _SESSION_UUID.fullmatch(uuid):
             raise errors.bad_response("the login answer carries no session uuid (inventory.uuid)")
         log.info("logged in to ZStack as account %r", self._account)
@@ -368,8 +358,11 @@ class AccountLogin:
         headers: dict[str, str] | None = None,
         budget: float | None = None,
     ) -> tuple[int, bytes]:
+        """One request to ZStack: its status and body, or a GatewayError whose message starts with
+        ``what`` (when given)."""
         budget = self._login_timeout if budget is None else budget
         url = self._base + "/zstack" + api_path
+        what = f"{what}: " if what else ""
         try:
             async with asyncio.timeout(budget):
                 async with self._client().request(
@@ -383,21 +376,29 @@ class AccountLogin:
                     async for chunk in resp.content.iter_any():
                         body += chunk
                         if len(body) > _MAX_ANSWER_BYTES:
-                            raise errors.bad_response(f"{what}: the answer is over 1 MiB", http_status=None)
+                            raise errors.bad_response(f"{what}the answer is over 1 MiB", http_status=None)
                     return resp.status, bytes(body)
         except TimeoutError:
-            raise errors.unavailable(f"{what}: no answer within {budget:g} s", retryable=False) from None
+            raise errors.unavailable(f"{what}no answer within {budget:g} s", retryable=False) from None
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or type(exc.os_error).__name__
-            raise errors.unavailable(f"{what}: cannot connect: {reason}", retryable=False) from None
+            raise errors.unavailable(f"{what}cannot connect: {reason}", retryable=False) from None
         except aiohttp.ClientError as exc:
-            raise errors.unavailable(
-                f"{what}: HTTP failure ({type(exc).__name__})", retryable=False
-            ) from None
+            raise errors.unavailable(f"{what}HTTP failure ({type(exc).__name__})", retryable=False) from None
 
 
-def _copy(err: GatewayError) -> GatewayError:
-    return GatewayError(err.code, err.message, err.reason, err.error_code, err.http_status)
+def _copy(err: GatewayError, retry_after: float) -> GatewayError:
+    """A fresh copy of a remembered login failure for one call (an exception object raised in many
+    calls would pile up their tracebacks); UNAVAILABLE says when the gateway tries again."""
+    unavailable = err.code == grpc.StatusCode.UNAVAILABLE
+    return GatewayError(
+        err.code,
+        err.message,
+        err.reason,
+        err.error_code,
+        err.http_status,
+        retry_after=round(retry_after, 3) if unavailable else None,
+    )
 
 
 def _retrieve(task: asyncio.Task[str]) -> None:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import grpc
 from google.protobuf import any_pb2
@@ -29,7 +28,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from zstack.v1 import error_pb2
 
-from zstack_gateway.translate import TranslationError, error_code_from_json
+from zstack_gateway import bounded_json
+from zstack_gateway.translate import CUT_MARK, TranslationError, error_code_from_json
 
 #: ErrorInfo domain of every error the gateway returns.
 DOMAIN = "zstack-gateway.zstack.io"
@@ -63,7 +63,8 @@ MAX_CAUSE_DEPTH = 8
 # ZStack codes are short ("SYS.1003", "ORG_ZSTACK_IDENTITY_10020"); ErrorInfo metadata holds at most this.
 MAX_CODE_BYTES = 128
 MAX_FIELD_CHARS = 1024
-CUT_MARK = " [cut by the gateway]"
+# The text of a ZStack error quoted in a status message, at most (grpc-message is cut further).
+_MESSAGE_TEXT_CHARS = 2000
 
 _TEXT_EXCERPT_CHARS = 300
 
@@ -86,9 +87,17 @@ class GatewayError(Exception):
     retryable: bool = False
     # Sent to the caller as google.rpc.RetryInfo: when trying again may succeed.
     retry_after: float | None = None
+    # The grpc status built for this error, once: callers that share one upstream request share
+    # this error, and each of them sends it. Setting any field above drops it.
+    _status: grpc.Status | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _ERROR_FIELDS:
+            object.__setattr__(self, "_status", None)
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -96,6 +105,9 @@ class GatewayError(Exception):
     @property
     def zstack_code(self) -> str:
         return self.error_code.code
+
+
+_ERROR_FIELDS = frozenset(f.name for f in fields(GatewayError) if f.name != "_status")
 
 
 def gateway_error_code(reason: str, description: str, details: str = "") -> error_pb2.ErrorCode:
@@ -141,12 +153,12 @@ def from_zstack_error(
         code = grpc.StatusCode.UNAUTHENTICATED
     else:
         code = ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
-    text = error_code.details or error_code.description or "no details given"
-    label = zcode or error_code.global_error_code or "error without a code"
+    text = _cut(error_code.details or error_code.description or "no details given", _MESSAGE_TEXT_CHARS)
+    label = _cut(zcode or error_code.global_error_code or "error without a code", MAX_CODE_BYTES)
     # AIP-193: a reason is UPPER_SNAKE_CASE and at most 63 characters.
-    reason = ("ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode or "UNKNOWN").upper()).strip("_"))[:63].rstrip(
-        "_"
-    )
+    reason = (
+        "ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode[:MAX_CODE_BYTES] or "UNKNOWN").upper()).strip("_")
+    )[:63].rstrip("_")
     return GatewayError(
         code=code,
         message=f"ZStack {label}: {text}",
@@ -302,6 +314,50 @@ def internal(message: str = "internal error in the gateway") -> GatewayError:
     return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
 
 
+#: ZStack's answers to a login with wrong credentials, or for an account that may not log in now
+#: (must change its initial password, locked by the commercial login control).
+ACCOUNT_REJECTED_CODES = frozenset({"ID.1000", "ID.1005", "LOGIN_CONTROL.1002"})
+
+
+def login_failed(err: GatewayError, account: str) -> GatewayError:
+    """A failed login of the gateway's own account (``err`` as classified from the login's answer
+    or its transport failure), as the calls that needed the login see it:
+
+    * the account rejected: UNAUTHENTICATED, ``ZSTACK_ACCOUNT_REJECTED``;
+    * an answer the gateway cannot read: INTERNAL, ``ZSTACK_BAD_RESPONSE``;
+    * anything else (ZStack's own errors, a proxy's page, a refused or broken connection, no answer
+      in time): UNAVAILABLE, ``ZSTACK_LOGIN_FAILED``: the calls may work once ZStack does.
+
+    ZStack's ErrorCode and the HTTP status stay in the details.
+    """
+    what = f"logging in to ZStack as account {account!r}"
+    if err.zstack_code in ACCOUNT_REJECTED_CODES:
+        text = _cut(
+            err.error_code.details or err.error_code.description or "credentials refused", _MESSAGE_TEXT_CHARS
+        )
+        return GatewayError(
+            code=grpc.StatusCode.UNAUTHENTICATED,
+            message=(
+                f"ZStack rejected the gateway's account {account!r}: {text} "
+                "(check --zstack-account and ZSTACK_PASSWORD / --password-file)"
+            ),
+            reason="ZSTACK_ACCOUNT_REJECTED",
+            error_code=err.error_code,
+            http_status=err.http_status,
+        )
+    if err.reason == "ZSTACK_BAD_RESPONSE":
+        code, reason = grpc.StatusCode.INTERNAL, "ZSTACK_BAD_RESPONSE"
+    else:
+        code, reason = grpc.StatusCode.UNAVAILABLE, "ZSTACK_LOGIN_FAILED"
+    return GatewayError(
+        code=code,
+        message=f"{what} failed: {err.message}",
+        reason=reason,
+        error_code=err.error_code,
+        http_status=err.http_status,
+    )
+
+
 def from_exception(exc: BaseException) -> GatewayError:
     """Any exception that reaches the RPC boundary, as a GatewayError. Unknown exceptions become a
     generic INTERNAL without their text (it may hold internals); the caller logs them."""
@@ -313,17 +369,22 @@ def from_exception(exc: BaseException) -> GatewayError:
 
 
 def _zstack_error_body(body: bytes) -> error_pb2.ErrorCode | None:
-    """ZStack's ``{"error": {...}}`` body as an ErrorCode, or None when the body is something else."""
-    stripped = body.lstrip()
-    if not stripped.startswith(b"{"):
+    """ZStack's ``{"error": {...}}`` body as an ErrorCode, or None when the body is something else.
+
+    The body is read leniently and within bounds (see :mod:`zstack_gateway.bounded_json`): a ZStack
+    error is one whatever its bytes, its nesting or its size, and reading it costs little."""
+    if _JSON_OBJECT_START.match(body) is None:
         return None
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
+        obj = bounded_json.loads(body)
+    except ValueError:
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
         return None
     return error_code_from_json(obj["error"])
+
+
+_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
 
 
 def _excerpt(body: bytes) -> str:
@@ -341,19 +402,26 @@ def _excerpt(body: bytes) -> str:
 # GatewayError -> grpc.Status
 
 
+def _wire_cost(char: str) -> int:
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+
+
 def _cut_for_wire(text: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
     """``text`` cut so that grpc-message, percent-encoded as grpc sends it, takes at most ``limit``
-    bytes (printable ASCII other than '%' goes as is, anything else as %XX per UTF-8 byte)."""
+    bytes (printable ASCII other than '%' goes as is, anything else as %XX per UTF-8 byte).
+
+    Every character costs at least one byte, so at most ``limit + 1`` characters are looked at,
+    however long the text."""
     budget = limit - len(CUT_MARK)
     used = 0
-    for index, char in enumerate(text):
-        cost = 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+    for index, char in enumerate(text[: limit + 1]):
+        cost = _wire_cost(char)
         if used + cost > budget:
-            rest = sum(
-                1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode("utf-8", "replace"))
-                for c in text[index:]
-            )
-            return text if used + rest <= limit else text[:index] + CUT_MARK
+            # The text is kept whole when the rest fits in the room the mark would take.
+            rest = text[index : index + limit - used + 1]
+            if len(rest) == len(text) - index and used + sum(map(_wire_cost, rest)) <= limit:
+                return text
+            return text[:index] + CUT_MARK
         used += cost
     return text
 
@@ -373,36 +441,35 @@ def trimmed_error_code(
     ec: error_pb2.ErrorCode, *, max_depth: int = MAX_CAUSE_DEPTH, max_chars: int = MAX_FIELD_CHARS
 ) -> error_pb2.ErrorCode:
     """A copy of ``ec`` whose cause chain is at most ``max_depth`` deep and whose strings are at most
-    ``max_chars`` long. Whatever is cut is marked in ``details``."""
+    ``max_chars`` long. Whatever is cut is marked in ``details``. Only what is kept is copied, so the
+    cost does not grow with what ``ec`` holds beyond that."""
     out = error_pb2.ErrorCode()
-    out.CopyFrom(ec)
-    _trim_in_place(out, max_depth, max_chars)
+    _copy_trimmed(ec, out, max_depth, max_chars)
     return out
 
 
-def _trim_in_place(ec: error_pb2.ErrorCode, depth_left: int, max_chars: int) -> None:
+def _copy_trimmed(
+    src: error_pb2.ErrorCode, dst: error_pb2.ErrorCode, depth_left: int, max_chars: int
+) -> None:
     for name in ("code", "description", "details", "elaboration", "location", "cost", "global_error_code"):
-        if ec.HasField(name):
-            value = getattr(ec, name)
-            if len(value) > max_chars:
-                setattr(ec, name, _cut(value, max_chars))
-    if ec.HasField("opaque") and ec.opaque.ByteSize() > max_chars:
-        ec.ClearField("opaque")
-        ec.details = _cut(ec.details, max_chars) + " [opaque dropped by the gateway: too large]"
+        if src.HasField(name):
+            setattr(dst, name, _cut(getattr(src, name), max_chars))
+    if src.HasField("opaque"):
+        if src.opaque.ByteSize() > max_chars:
+            dst.details = _cut(dst.details, max_chars) + " [opaque dropped by the gateway: too large]"
+        else:
+            dst.opaque.CopyFrom(src.opaque)
     if depth_left <= 0:
-        if ec.HasField("cause") or len(ec.causes):
-            ec.ClearField("cause")
-            del ec.causes[:]
-            ec.details = ec.details + " [deeper causes cut by the gateway]"
+        if src.HasField("cause") or len(src.causes):
+            dst.details = dst.details + " [deeper causes cut by the gateway]"
         return
-    if ec.HasField("cause"):
-        _trim_in_place(ec.cause, depth_left - 1, max_chars)
-    if len(ec.causes) > 4:
-        dropped = len(ec.causes) - 4
-        del ec.causes[4:]
-        ec.details = ec.details + f" [{dropped} more causes cut by the gateway]"
-    for cause in ec.causes:
-        _trim_in_place(cause, depth_left - 1, max_chars)
+    if src.HasField("cause"):
+        dst.cause.SetInParent()
+        _copy_trimmed(src.cause, dst.cause, depth_left - 1, max_chars)
+    if len(src.causes) > 4:
+        dst.details = dst.details + f" [{len(src.causes) - 4} more causes cut by the gateway]"
+    for index in range(min(4, len(src.causes))):
+        _copy_trimmed(src.causes[index], dst.causes.add(), depth_left - 1, max_chars)
 
 
 def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
@@ -417,7 +484,8 @@ def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
 
 
 def to_status_proto(err: GatewayError) -> status_pb2.Status:
-    """The google.rpc.Status for ``err``, its serialized size under MAX_DETAILS_BYTES."""
+    """The google.rpc.Status for ``err``, its serialized size under MAX_DETAILS_BYTES. Its cost is
+    bounded whatever ``err`` holds: every string and cause list is cut before it is copied."""
     message = _cut_for_wire(err.message)
     extra: list[any_pb2.Any] = []
     info = any_pb2.Any()
@@ -451,10 +519,18 @@ def to_status_proto(err: GatewayError) -> status_pb2.Status:
 
 
 def to_grpc_status(err: GatewayError) -> grpc.Status:
-    status: grpc.Status = rpc_status.to_status(to_status_proto(err))
+    """The grpc status for ``err``, built once per error: every caller that shares the error (calls
+    coalesced on one upstream request) sends the same status."""
+    status = err._status
+    if status is None:
+        status = rpc_status.to_status(to_status_proto(err))
+        err._status = status
     return status
 
 
 def encoded_details_size(err: GatewayError) -> int:
     """The size of the grpc-status-details-bin trailer as sent (base64), for tests and docs."""
-    return len(base64.b64encode(to_status_proto(err).SerializeToString()))
+    for key, value in to_grpc_status(err).trailing_metadata:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return len(base64.b64encode(value))
+    return 0
