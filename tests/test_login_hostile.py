@@ -226,15 +226,21 @@ def test_a_failing_login_gives_a_clear_status_and_one_login_for_many_calls(
     gw = make_gateway()
     with gw.channel() as ch:
         stub = svc_grpc.VmInstanceServiceStub(ch)
+        started = time.monotonic()
         results = burst(stub, 8)  # all at once, before any login
         results += [call(stub) for _ in range(6)]  # one after the other, during the back-off
         results += burst(stub, 8)
+        elapsed = time.monotonic() - started
     for d in results:
         assert_status(d, expected)
     assert len({d.message for d in results if d is not None}) == 1
-    # One login for 22 calls (aiohttp sends a PUT once more when the connection is reset: one login
-    # is then two requests).
-    assert upstream.requests(LOGIN) == (2 if answer.get("action") == RESET else 1)
+    # One login for 22 calls, unless a busy machine made them outlast the first back-off (1 s for
+    # ZStack trouble, 5 s for a rejected or unreadable answer; then it doubles). aiohttp sends a PUT
+    # once more when the connection is reset: one login is then two requests.
+    first = 1.0 if expected == TROUBLE else 5.0
+    windows = 1 + sum(elapsed > first * (2**k - 1) for k in (1, 2, 3))
+    per_login = 2 if answer.get("action") == RESET else 1
+    assert per_login <= upstream.requests(LOGIN) <= windows * per_login, (elapsed, upstream.requests(LOGIN))
     assert not sim.zstack_requests()  # no call went to ZStack without a session
     assert health(gw) == health_pb2.HealthCheckResponse.SERVING  # readiness is off: the process lives
     assert_no_tracebacks(logs)
@@ -300,7 +306,8 @@ def test_a_failing_re_login_fails_the_calls_cleanly_with_one_login(
 
 
 # ---------------------------------------------------------------------------------------------
-# The back-off: 5 s, then 10 s; and the gateway recovers once the login works
+# The back-off: for ZStack trouble 1 s, then 2 s (a rejected account: 5 s, then 10 s); and the
+# gateway recovers once the login works
 
 
 def test_the_back_off_doubles_and_says_when_to_try_again(make_gateway, upstream: HostileUpstream, logs):
@@ -311,13 +318,13 @@ def test_the_back_off_doubles_and_says_when_to_try_again(make_gateway, upstream:
         started = time.monotonic()
         d, delay = fail_with_retry(stub)
         assert_status(d, TROUBLE)
-        assert delay is not None and 4.0 < delay <= 5.0
+        assert delay is not None and 0.5 < delay <= 1.0
         _, later = fail_with_retry(stub)
         assert later is not None and later < delay  # the time left of the same back-off
-        time.sleep(max(0.0, 5.2 - (time.monotonic() - started)))
+        time.sleep(max(0.0, 1.2 - (time.monotonic() - started)))
         d, delay = fail_with_retry(stub)  # the back-off is over: one more login, which fails
         assert_status(d, TROUBLE)
-        assert delay is not None and 9.0 < delay <= 10.0
+        assert delay is not None and 1.5 < delay <= 2.0
         assert upstream.requests(LOGIN) == 2
     assert_no_tracebacks(logs)
 

@@ -164,6 +164,11 @@ _SESSION_UUID = re.compile(r"[A-Za-z0-9-]{1,128}")
 _MAX_ANSWER_BYTES = 1024 * 1024
 
 
+#: Seconds the first failed login for ZStack or transport trouble is remembered, and at most.
+TROUBLE_BACKOFF = 1.0
+MAX_TROUBLE_BACKOFF = 15.0
+
+
 class AccountLogin:
     """The gateway's own ZStack session, from its account name and password.
 
@@ -172,7 +177,8 @@ class AccountLogin:
     * ``refresh_after_invalid_session`` logs in again only when the failed request used the session
       still current; calls that failed on an older one just retry with the new one.
     * A failed login is remembered for ``rejection_backoff`` seconds, doubled after each further
-      failure up to ``max_rejection_backoff``: calls in that window fail at once with the same error
+      failure up to ``max_rejection_backoff`` (for ZStack or transport trouble, UNAVAILABLE: from
+      TROUBLE_BACKOFF up to MAX_TROUBLE_BACKOFF): calls in that window fail at once with the same error
       instead of hammering ZStack's login (and its lockout rules) in a loop. Whatever the login's
       answer (a rejected account, ZStack's own error, a proxy's page, unreadable or hostile JSON, a
       refused or broken connection, no answer in time), the calls get a GatewayError, classified by
@@ -289,9 +295,12 @@ class AccountLogin:
                 self._session = session
                 return session
             self._failures += 1
-            backoff = min(
-                self._rejection_backoff * 2 ** min(self._failures - 1, 16), self._max_rejection_backoff
-            )
+            first, cap = self._rejection_backoff, self._max_rejection_backoff
+            if failure.code == grpc.StatusCode.UNAVAILABLE:
+                # ZStack or the path to it is in trouble (restarting, a proxy's 502, refused): that
+                # passes by itself, so the gateway tries again sooner than after a rejected account.
+                first, cap = min(first, TROUBLE_BACKOFF), min(cap, MAX_TROUBLE_BACKOFF)
+            backoff = min(first * 2 ** min(self._failures - 1, 16), cap)
             self._failure = failure
             self._failed_until = time.monotonic() + backoff
             log.warning("%s; the gateway tries again in %g s", failure.message, backoff)

@@ -33,6 +33,8 @@ from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
 from zstack_gateway.validation import CandidateIsoQuery
 
 USER_AGENT = "zstack-grpc-gateway/0.1"
+#: Error bodies larger than this are read in a worker thread (see _get_json).
+OFF_LOOP_ERROR_BYTES = 1024 * 1024
 
 
 class Reply(NamedTuple):
@@ -244,9 +246,15 @@ class ZStackClient:
             status, reply = await self._send(url, headers, deadline)
             if status != 200:
                 reply.account.close()
-                error = errors.from_http_response(
-                    status, bytes(reply.body), deadline_sent=deadline.from_caller
-                )
+                body = bytes(reply.body)
+                if len(body) > OFF_LOOP_ERROR_BYTES:
+                    # Reading a large error body costs milliseconds per MB: off the event loop, so
+                    # that other calls are not held up meanwhile.
+                    error = await asyncio.to_thread(
+                        errors.from_http_response, status, body, deadline_sent=deadline.from_caller
+                    )
+                else:
+                    error = errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
