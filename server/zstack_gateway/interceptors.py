@@ -190,8 +190,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             await self._send_status(context, errors.to_grpc_status(failure))
         finally:
             observe.current.reset(token)
-            self._closed()
+            # Logged and counted before it stops counting as in flight: whoever sees the gateway idle
+            # (a drain, a test) sees every call's line and count.
             _finish(record, code, failure)
+            self._closed()
 
     async def _write(self, context: _Context, message: Any) -> None:
         """Write one message; a caller that reads nothing for the idle timeout ends the call."""
