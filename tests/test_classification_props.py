@@ -17,7 +17,8 @@ from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from zstack_gateway import errors
-from zstack_gateway.translate import error_code_from_json
+from zstack_gateway import status as wire
+from zstack_gateway.error_json import error_code_from_json
 
 C = grpc.StatusCode
 TRAILER_LIMIT = 8 * 1024
@@ -101,15 +102,15 @@ def check_status(err: errors.GatewayError) -> None:
     """What every classified failure must satisfy on its way to the caller: it converts to a grpc
     status without raising, its details trailer is under 8 KiB and its message at most 1,000 chars."""
     assert isinstance(err, errors.GatewayError)
-    status = errors.to_grpc_status(err)  # must not raise
-    assert status.code == err.code
-    assert len(status.details) <= MESSAGE_LIMIT
-    assert errors.encoded_details_size(err) < TRAILER_LIMIT
+    sent = wire.to_grpc_status(err)  # must not raise
+    assert sent.code == err.code
+    assert len(sent.details) <= MESSAGE_LIMIT
+    assert wire.encoded_details_size(err) < TRAILER_LIMIT
 
 
 def error_infos(err: errors.GatewayError) -> list[error_details_pb2.ErrorInfo]:
     infos = []
-    for detail in errors.to_status_proto(err).details:
+    for detail in wire.to_status_proto(err).details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
@@ -125,11 +126,11 @@ def _percent_encoded_len(message: str) -> int:
 def trailer_size(err: errors.GatewayError) -> int:
     """The trailers of the status as grpc counts them against the caller's metadata limit (8 KiB by
     default): per entry, key + value + 32 bytes (HPACK's entry overhead)."""
-    status = errors.to_grpc_status(err)
+    sent = wire.to_grpc_status(err)
     entries = [
-        ("grpc-status", len(str(status.code.value[0]))),
-        ("grpc-message", _percent_encoded_len(status.details)),
-        ("grpc-status-details-bin", errors.encoded_details_size(err)),
+        ("grpc-status", len(str(sent.code.value[0]))),
+        ("grpc-message", _percent_encoded_len(sent.details)),
+        ("grpc-status-details-bin", wire.encoded_details_size(err)),
     ]
     return sum(len(key) + size + 32 for key, size in entries)
 

@@ -29,7 +29,7 @@ from statuses import Decoded, decode
 from test_upstream_faults import assert_no_gateway_tracebacks
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config, errors
+from zstack_gateway import Config, errors, status
 
 C = grpc.StatusCode
 AUTH = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
@@ -295,8 +295,8 @@ def test_the_status_of_a_shared_error_is_built_once():
     """Coalesced callers share one GatewayError: its status is built for the first and reused, and
     built afresh when a field of the error changes."""
     err = errors.from_http_response(503, many_causes(1000), deadline_sent=False)
-    first = errors.to_grpc_status(err)
-    assert errors.to_grpc_status(err) is first
+    first = status.to_grpc_status(err)
+    assert status.to_grpc_status(err) is first
     err.retry_after = 2.0
-    again = errors.to_grpc_status(err)
+    again = status.to_grpc_status(err)
     assert again is not first and again.trailing_metadata != first.trailing_metadata

@@ -11,17 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zstack.v1 import error_pb2, image_pb2
-from zstack_gateway import translate
+from zstack_gateway import error_json, translate
+from zstack_gateway.error_json import error_code_from_json
+from zstack_gateway.errors import GatewayError
 from zstack_gateway.translate import (
-    DateOptions,
     TranslationError,
     backup_storage_ref_from_json,
-    error_code_from_json,
     image_from_json,
     inventories_from_body,
     parse_zstack_date,
@@ -310,8 +311,8 @@ def test_wrong_image_field_type_names_the_field(key: str, value: object, reason:
     with pytest.raises(TranslationError) as caught:
         inventories_from_body({"inventories": images}, SHANGHAI)
     assert caught.value.field == f"inventories[3].{key}"
-    assert caught.value.reason.startswith(reason)
-    assert str(caught.value) == f"invalid ZStack response: inventories[3].{key}: {caught.value.reason}"
+    assert caught.value.problem.startswith(reason)
+    assert str(caught.value) == f"invalid ZStack response: inventories[3].{key}: {caught.value.problem}"
 
 
 @pytest.mark.parametrize(
@@ -335,7 +336,7 @@ def test_wrong_ref_field_type_names_the_field(key: str, value: object, reason: s
     with pytest.raises(TranslationError) as caught:
         inventories_from_body(body, SHANGHAI)
     assert caught.value.field == f"inventories[3].backupStorageRefs[1].{key}"
-    assert caught.value.reason == reason
+    assert caught.value.problem == reason
 
 
 def test_exact_message_of_the_brief() -> None:
@@ -355,7 +356,7 @@ def test_ref_must_be_an_object(ref: object) -> None:
     with pytest.raises(TranslationError) as caught:
         image_from_json(obj, SHANGHAI, "inventories[0]")
     assert caught.value.field == "inventories[0].backupStorageRefs[1]"
-    assert caught.value.reason.startswith("expected an object, got ")
+    assert caught.value.problem.startswith("expected an object, got ")
 
 
 def test_lone_surrogate_string_names_the_field() -> None:
@@ -363,7 +364,7 @@ def test_lone_surrogate_string_names_the_field() -> None:
     with pytest.raises(TranslationError) as caught:
         inventories_from_body(body, SHANGHAI)
     assert caught.value.field == "inventories[1].backupStorageRefs[0].status"
-    assert "surrogate" in caught.value.reason
+    assert "surrogate" in caught.value.problem
 
 
 def test_error_text_never_holds_a_huge_value() -> None:
@@ -376,11 +377,12 @@ def test_error_text_never_holds_a_huge_value() -> None:
     assert len(str(caught.value)) < 200
 
 
-def test_translation_error_is_a_value_error_and_pickles() -> None:
+def test_translation_error_is_a_gateway_error_and_pickles() -> None:
     error = TranslationError("inventories[3].size", "expected an integer, got str")
-    assert isinstance(error, ValueError)
+    assert isinstance(error, GatewayError)
+    assert (error.code, error.reason) == (grpc.StatusCode.INTERNAL, "ZSTACK_BAD_RESPONSE")
     copy_ = pickle.loads(pickle.dumps(error))
-    assert (copy_.field, copy_.reason, str(copy_)) == (error.field, error.reason, str(error))
+    assert (copy_.field, copy_.problem, str(copy_)) == (error.field, error.problem, str(error))
 
 
 @pytest.mark.parametrize(
@@ -401,7 +403,7 @@ def test_translation_error_is_a_value_error_and_pickles() -> None:
 def test_envelope_errors(body: object, field: str, reason: str) -> None:
     with pytest.raises(TranslationError) as caught:
         inventories_from_body(body, SHANGHAI)
-    assert (caught.value.field, caught.value.reason) == (field, reason)
+    assert (caught.value.field, caught.value.problem) == (field, reason)
 
 
 def test_image_from_json_default_path() -> None:
@@ -516,13 +518,6 @@ def test_dates_in_images_follow_the_zone(tz: ZoneInfo) -> None:
     expected = datetime(2022, 7, 22, 11, 54, 7, tzinfo=tz).astimezone(UTC)
     assert image.create_date.ToDatetime(tzinfo=UTC) == expected
     assert rfc3339(image.backup_storage_refs[0].last_op_date) == "2022-07-22T03:54:07Z"
-
-
-def test_date_options_default_to_shanghai() -> None:
-    assert DateOptions().tz == SHANGHAI
-    assert DateOptions(UTC_ZONE).tz == UTC_ZONE
-    with pytest.raises(AttributeError):
-        DateOptions().tz = UTC_ZONE  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("raw", ["not a date", 1.5, [1], {"a": 1}, True, "Feb 30, 2022 1:00:00 AM"], ids=repr)
@@ -696,7 +691,7 @@ def test_error_code_deep_nesting_is_cut(key: str) -> None:
         else:
             break
         depth += 1
-    assert depth == translate._MAX_CAUSE_DEPTH
+    assert depth == error_json._MAX_CAUSE_DEPTH
     error_pb2.ErrorCode.FromString(error.SerializeToString())
 
 

@@ -13,11 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 
-import grpc
-
 from zstack_gateway import errors
-
-REASON = "GATEWAY_MEMORY_BUDGET"
 
 
 class MemoryBudget:
@@ -81,7 +77,7 @@ class Account:
         if not self._finalizer.alive:
             raise RuntimeError("charge on a closed Account")
         if not self._budget._take(size, force=False):
-            raise over_budget(self._budget.limit, self._budget.held)
+            raise errors.over_budget(self._budget.limit, self._budget.held)
         self._cell[0] += size
 
     def add(self, size: int) -> None:
@@ -99,17 +95,3 @@ class Account:
     def close(self) -> None:
         """Give back everything still held; later calls do nothing."""
         self._finalizer()
-
-
-def over_budget(limit: int, held: int) -> errors.GatewayError:
-    message = (
-        f"the gateway already holds {held} bytes of ZStack answers for callers, near its budget of "
-        f"{limit} bytes (--max-held-bytes); try again later"
-    )
-    return errors.GatewayError(
-        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-        message=message,
-        reason=REASON,
-        error_code=errors.gateway_error_code(REASON, message),
-        retry_after=1.0,
-    )

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from zstack_gateway import security
+from zstack_gateway import errors, security
 from zstack_gateway.config import Config
-from zstack_gateway.errors import GatewayError, gateway_error_code
+from zstack_gateway.errors import GatewayError
 from zstack_gateway.secret import Secret
 
 log = logging.getLogger("zstack_gateway.callers")
@@ -34,15 +34,6 @@ if TYPE_CHECKING:
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
-
-
-def _unauthenticated(reason: str, message: str) -> GatewayError:
-    return GatewayError(
-        code=grpc.StatusCode.UNAUTHENTICATED,
-        message=message,
-        reason=reason,
-        error_code=gateway_error_code(reason, message),
-    )
 
 
 class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -66,18 +57,22 @@ class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
         ]
         bearer = [v.strip()[7:].strip() for v in presented if v.strip()[:7].lower() == "bearer "]
         if not bearer:
-            return _unauthenticated(
-                "CALLER_TOKEN_MISSING",
+            return errors.caller_token_refused(
+                errors.Reason.CALLER_TOKEN_MISSING,
                 "this gateway requires a caller token: send metadata 'authorization: Bearer <token>'",
             )
         if len(bearer) > 1:
-            return _unauthenticated("CALLER_TOKEN_INVALID", "send exactly one 'authorization: Bearer' entry")
+            return errors.caller_token_refused(
+                errors.Reason.CALLER_TOKEN_INVALID, "send exactly one 'authorization: Bearer' entry"
+            )
         digest = hashlib.sha256(bearer[0].encode()).digest()
         matched = False
         for known in self._digests:  # every token, no early exit
             matched |= hmac.compare_digest(digest, known)
         if not matched:
-            return _unauthenticated("CALLER_TOKEN_INVALID", "the caller token is not valid for this gateway")
+            return errors.caller_token_refused(
+                errors.Reason.CALLER_TOKEN_INVALID, "the caller token is not valid for this gateway"
+            )
         return None
 
     async def intercept_service(

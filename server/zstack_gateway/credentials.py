@@ -139,17 +139,7 @@ def refuse_zstack_credentials(metadata: Metadata, acts_as: str, mode: str) -> No
         scheme = value.strip().partition(" ")[0].lower()
         if scheme in ("oauth", "zstack"):
             shown = "OAuth" if scheme == "oauth" else "ZStack"
-            message = (
-                f"this gateway calls ZStack as {acts_as} (--auth-mode {mode}) and does not take the "
-                f"caller's ZStack credentials: remove the 'authorization: {shown} ...' metadata"
-            )
-            raise GatewayError(
-                code=grpc.StatusCode.INVALID_ARGUMENT,
-                message=message,
-                reason="CALLER_ZSTACK_CREDENTIALS_REFUSED",
-                error_code=errors.gateway_error_code("CALLER_ZSTACK_CREDENTIALS_REFUSED", message),
-                field_violations=(("metadata.authorization", f"'{shown} ...' is not accepted here"),),
-            )
+            raise errors.caller_zstack_credentials_refused(shown, acts_as, mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The gateway's one error model: every failure becomes a :class:`GatewayError`, and every
-GatewayError becomes one gRPC status.
+"""The gateway's one error model: every failure becomes a :class:`GatewayError`, which
+:mod:`zstack_gateway.status` sends as one gRPC status.
 
 This module is the only place that decides which gRPC code a failure gets. It classifies:
 
@@ -9,30 +9,60 @@ This module is the only place that decides which gRPC code a failure gets. It cl
   (a proxy's HTML page, a 202 on a synchronous API);
 * transport failures (refused, reset, timed out) and responses the gateway cannot read.
 
-A status carries a message a person can act on by itself, the ZStack ``ErrorCode`` as a
-``zstack.v1.ErrorCode`` detail, exactly one ``google.rpc.ErrorInfo`` and, for invalid requests, a
-``google.rpc.BadRequest``. The details trailer is kept under :data:`MAX_DETAILS_BYTES`.
+A GatewayError carries a message a person can act on by itself, the ZStack ``ErrorCode`` (as it came,
+or one the gateway made), the ErrorInfo reason (a name from :class:`Reason`), and what the status
+needs besides (field violations for BadRequest, a retry delay for RetryInfo).
 """
 
 from __future__ import annotations
 
-import base64
-import datetime
+import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from zstack.v1 import error_pb2
 
 from zstack_gateway import bounded_json
-from zstack_gateway.translate import CUT_MARK, TranslationError, error_code_from_json
+from zstack_gateway.error_json import CUT_MARK, error_code_from_json
 
 #: ErrorInfo domain of every error the gateway returns.
 DOMAIN = "zstack-gateway.zstack.io"
+
+
+class Reason(enum.StrEnum):
+    """ErrorInfo reasons of the failures the gateway describes itself (AIP-193: UPPER_SNAKE_CASE).
+    A ZStack business error's reason is made from its code instead: ``ZSTACK_SYS_1003``."""
+
+    # The request or the caller
+    INVALID_REQUEST = "INVALID_REQUEST"
+    MISSING_CREDENTIALS = "MISSING_CREDENTIALS"
+    CALLER_TOKEN_MISSING = "CALLER_TOKEN_MISSING"  # noqa: S105 (a reason, not a token)
+    CALLER_TOKEN_INVALID = "CALLER_TOKEN_INVALID"  # noqa: S105 (a reason, not a token)
+    CALLER_ZSTACK_CREDENTIALS_REFUSED = "CALLER_ZSTACK_CREDENTIALS_REFUSED"
+    # ZStack's answers
+    ZSTACK_REJECTED_CREDENTIALS = "ZSTACK_REJECTED_CREDENTIALS"
+    ZSTACK_BAD_REQUEST = "ZSTACK_BAD_REQUEST"
+    ZSTACK_API_NOT_FOUND = "ZSTACK_API_NOT_FOUND"
+    ZSTACK_UNEXPECTED_ASYNC_REPLY = "ZSTACK_UNEXPECTED_ASYNC_REPLY"
+    ZSTACK_INTERNAL_ERROR = "ZSTACK_INTERNAL_ERROR"
+    ZSTACK_UNEXPECTED_STATUS = "ZSTACK_UNEXPECTED_STATUS"
+    ZSTACK_BAD_RESPONSE = "ZSTACK_BAD_RESPONSE"
+    ZSTACK_ACCOUNT_REJECTED = "ZSTACK_ACCOUNT_REJECTED"
+    ZSTACK_LOGIN_FAILED = "ZSTACK_LOGIN_FAILED"
+    # Reaching ZStack
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_DEADLINE_EXCEEDED = "UPSTREAM_DEADLINE_EXCEEDED"
+    UPSTREAM_CONCURRENCY_LIMIT = "UPSTREAM_CONCURRENCY_LIMIT"
+    UPSTREAM_IDENTITY_LIMIT = "UPSTREAM_IDENTITY_LIMIT"
+    # The gateway's own limits and state
+    GATEWAY_MEMORY_BUDGET = "GATEWAY_MEMORY_BUDGET"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    STREAM_IDLE_TIMEOUT = "STREAM_IDLE_TIMEOUT"
+    GATEWAY_SHUTTING_DOWN = "GATEWAY_SHUTTING_DOWN"
+    GATEWAY_INTERNAL = "GATEWAY_INTERNAL"
+
 
 #: ZStack error code -> gRPC code. Codes not listed here map to UNKNOWN with the raw code kept.
 ZSTACK_CODES: dict[str, grpc.StatusCode] = {
@@ -53,16 +83,9 @@ ZSTACK_CODES: dict[str, grpc.StatusCode] = {
 #: Newer ZStack builds send a global error code beside the classic one; these mean "invalid session".
 SESSION_GLOBAL_CODES = frozenset({"ORG_ZSTACK_IDENTITY_10020", "ORG_ZSTACK_IDENTITY_10006"})
 
-# Limits that keep the status trailers under gRPC's 8 KiB soft metadata limit whatever ZStack sends:
-# the serialized google.rpc.Status stays under 4,500 bytes (6,000 once base64-encoded for
-# grpc-status-details-bin), and grpc-message under 1,000 bytes as sent. grpc percent-encodes the
-# message, so a non-ASCII character costs 3 bytes per UTF-8 byte: a Chinese one costs 9.
-MAX_DETAILS_BYTES = 4500
-MAX_MESSAGE_WIRE_BYTES = 1000
-MAX_CAUSE_DEPTH = 8
-# ZStack codes are short ("SYS.1003", "ORG_ZSTACK_IDENTITY_10020"); ErrorInfo metadata holds at most this.
+# ZStack codes are short ("SYS.1003", "ORG_ZSTACK_IDENTITY_10020"): a message or ErrorInfo quotes at
+# most this much of one.
 MAX_CODE_BYTES = 128
-MAX_FIELD_CHARS = 1024
 # The text of a ZStack error quoted in a status message, at most (grpc-message is cut further).
 _MESSAGE_TEXT_CHARS = 2000
 
@@ -153,8 +176,8 @@ def from_zstack_error(
         code = grpc.StatusCode.UNAUTHENTICATED
     else:
         code = ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
-    text = _cut(error_code.details or error_code.description or "no details given", _MESSAGE_TEXT_CHARS)
-    label = _cut(zcode or error_code.global_error_code or "error without a code", MAX_CODE_BYTES)
+    text = cut(error_code.details or error_code.description or "no details given", _MESSAGE_TEXT_CHARS)
+    label = cut(zcode or error_code.global_error_code or "error without a code", MAX_CODE_BYTES)
     # AIP-193: a reason is UPPER_SNAKE_CASE and at most 63 characters.
     reason = (
         "ZSTACK_" + re.sub(r"[^A-Z0-9]+", "_", (zcode[:MAX_CODE_BYTES] or "UNKNOWN").upper()).strip("_")
@@ -179,13 +202,13 @@ def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> Gate
         if re.search(r"authori[sz]ation|'date'|accesskey", text, re.IGNORECASE):
             return _gateway(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "ZSTACK_REJECTED_CREDENTIALS",
+                Reason.ZSTACK_REJECTED_CREDENTIALS,
                 f"ZStack rejected the credentials (HTTP 400): {text}",
                 http_status=status,
             )
         return _gateway(
             grpc.StatusCode.INTERNAL,
-            "ZSTACK_BAD_REQUEST",
+            Reason.ZSTACK_BAD_REQUEST,
             f"ZStack rejected the gateway's request (HTTP 400): {text}",
             http_status=status,
         )
@@ -198,21 +221,21 @@ def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> Gate
             )
         return _gateway(
             grpc.StatusCode.UNAUTHENTICATED,
-            "ZSTACK_REJECTED_CREDENTIALS",
+            Reason.ZSTACK_REJECTED_CREDENTIALS,
             f"ZStack refused the request (HTTP {status}): {text}{hint}",
             http_status=status,
         )
     if status == 404:
         return _gateway(
             grpc.StatusCode.UNIMPLEMENTED,
-            "ZSTACK_API_NOT_FOUND",
+            Reason.ZSTACK_API_NOT_FOUND,
             f"ZStack has no such API (HTTP 404: {text}); check --zstack-url and the ZStack version",
             http_status=status,
         )
     if status in (502, 503, 504):
         return _gateway(
             grpc.StatusCode.UNAVAILABLE,
-            "UPSTREAM_UNAVAILABLE",
+            Reason.UPSTREAM_UNAVAILABLE,
             f"ZStack is unavailable: HTTP {status} without a ZStack error body ({text})",
             http_status=status,
             retryable=True,
@@ -220,20 +243,20 @@ def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> Gate
     if status == 202:
         return _gateway(
             grpc.StatusCode.INTERNAL,
-            "ZSTACK_UNEXPECTED_ASYNC_REPLY",
+            Reason.ZSTACK_UNEXPECTED_ASYNC_REPLY,
             "ZStack answered 202 Accepted to a synchronous API; this gateway does not poll jobs",
             http_status=status,
         )
     if 500 <= status < 600:
         return _gateway(
             grpc.StatusCode.INTERNAL,
-            "ZSTACK_INTERNAL_ERROR",
+            Reason.ZSTACK_INTERNAL_ERROR,
             f"ZStack failed with HTTP {status}: {text or '(empty body)'}",
             http_status=status,
         )
     return _gateway(
         grpc.StatusCode.UNKNOWN,
-        "ZSTACK_UNEXPECTED_STATUS",
+        Reason.ZSTACK_UNEXPECTED_STATUS,
         f"ZStack answered HTTP {status}: {text or '(empty body)'}",
         http_status=status,
     )
@@ -243,7 +266,7 @@ def bad_response(reason_text: str, *, http_status: int | None = 200) -> GatewayE
     """A ZStack answer the gateway cannot read (invalid JSON, wrong shape, a body over the cap)."""
     return _gateway(
         grpc.StatusCode.INTERNAL,
-        "ZSTACK_BAD_RESPONSE",
+        Reason.ZSTACK_BAD_RESPONSE,
         f"ZStack sent a response the gateway cannot read: {reason_text}",
         http_status=http_status,
     )
@@ -253,7 +276,7 @@ def unavailable(reason_text: str, *, retryable: bool) -> GatewayError:
     """ZStack could not be reached or the connection broke."""
     return _gateway(
         grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_UNAVAILABLE",
+        Reason.UPSTREAM_UNAVAILABLE,
         f"ZStack is unreachable: {reason_text}",
         retryable=retryable,
     )
@@ -263,19 +286,19 @@ def deadline_exceeded(budget: float, *, caller_deadline: bool) -> GatewayError:
     whose = "the call's deadline" if caller_deadline else "the gateway's default timeout"
     return _gateway(
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        "UPSTREAM_DEADLINE_EXCEEDED",
+        Reason.UPSTREAM_DEADLINE_EXCEEDED,
         f"ZStack did not answer within {whose} ({budget:.3g} s)",
     )
 
 
 def unauthenticated(message: str) -> GatewayError:
-    return _gateway(grpc.StatusCode.UNAUTHENTICATED, "MISSING_CREDENTIALS", message)
+    return _gateway(grpc.StatusCode.UNAUTHENTICATED, Reason.MISSING_CREDENTIALS, message)
 
 
 def invalid_argument(violations: Sequence[tuple[str, str]]) -> GatewayError:
     """A request that fails validation: one BadRequest field violation per problem."""
     text = "; ".join(f"{name}: {desc}" for name, desc in violations)
-    err = _gateway(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", f"invalid request: {text}")
+    err = _gateway(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_REQUEST, f"invalid request: {text}")
     err.field_violations = tuple(violations)
     return err
 
@@ -284,7 +307,7 @@ def overloaded(limit: int, waited: float) -> GatewayError:
     """Every upstream slot stayed busy while the call waited for one."""
     err = _gateway(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "UPSTREAM_CONCURRENCY_LIMIT",
+        Reason.UPSTREAM_CONCURRENCY_LIMIT,
         f"the gateway is already running {limit} calls to ZStack (--max-upstream-calls) and none "
         f"finished within {waited:.3g} s; try again later",
     )
@@ -292,10 +315,63 @@ def overloaded(limit: int, waited: float) -> GatewayError:
     return err
 
 
+def identity_overloaded(share: int, total: int, waited: float) -> GatewayError:
+    """The calls of the caller's identity held their whole share of upstream slots while the call
+    waited for one; other identities' calls are not held up by them."""
+    err = _gateway(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.UPSTREAM_IDENTITY_LIMIT,
+        f"this caller's ZStack identity is already running {share} calls to ZStack, its share of "
+        f"the gateway's {total} (--max-upstream-calls-per-identity), and none finished within "
+        f"{waited:.3g} s; try again later",
+    )
+    err.retry_after = 1.0
+    return err
+
+
+def over_budget(limit: int, held: int) -> GatewayError:
+    """An answer whose next bytes would pass the gateway's budget of bytes held for callers."""
+    err = _gateway(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.GATEWAY_MEMORY_BUDGET,
+        f"the gateway already holds {held} bytes of ZStack answers for callers, near its budget of "
+        f"{limit} bytes (--max-held-bytes); try again later",
+    )
+    err.retry_after = 1.0
+    return err
+
+
+def image_too_large(index: int, size: int, limit: int) -> GatewayError:
+    """The error ending a stream at an image that alone does not fit in one message."""
+    return _gateway(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.IMAGE_TOO_LARGE,
+        f"image inventories[{index}] takes {size} bytes in a stream message, over the {limit}-byte "
+        "limit of one message; the images before it were sent",
+    )
+
+
+def caller_token_refused(reason: Reason, message: str) -> GatewayError:
+    """A call without a valid caller token (CALLER_TOKEN_MISSING or CALLER_TOKEN_INVALID)."""
+    return _gateway(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+def caller_zstack_credentials_refused(shown: str, acts_as: str, mode: str) -> GatewayError:
+    """A caller that sends its own ZStack credentials to a gateway that holds its own."""
+    err = _gateway(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.CALLER_ZSTACK_CREDENTIALS_REFUSED,
+        f"this gateway calls ZStack as {acts_as} (--auth-mode {mode}) and does not take the "
+        f"caller's ZStack credentials: remove the 'authorization: {shown} ...' metadata",
+    )
+    err.field_violations = (("metadata.authorization", f"'{shown} ...' is not accepted here"),)
+    return err
+
+
 def shutting_down() -> GatewayError:
     """A call that arrived while the gateway drains for shutdown; another replica can take it."""
     return _gateway(
-        grpc.StatusCode.UNAVAILABLE, "GATEWAY_SHUTTING_DOWN", "the gateway is shutting down; try again"
+        grpc.StatusCode.UNAVAILABLE, Reason.GATEWAY_SHUTTING_DOWN, "the gateway is shutting down; try again"
     )
 
 
@@ -304,14 +380,14 @@ def stream_idle(timeout: float) -> GatewayError:
     call to free what it holds for it (the caller may never read the status either)."""
     return _gateway(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "STREAM_IDLE_TIMEOUT",
+        Reason.STREAM_IDLE_TIMEOUT,
         f"the caller read nothing of the stream for {timeout:.3g} s (--stream-idle-timeout); "
         "the gateway ended the call",
     )
 
 
 def internal(message: str = "internal error in the gateway") -> GatewayError:
-    return _gateway(grpc.StatusCode.INTERNAL, "GATEWAY_INTERNAL", message)
+    return _gateway(grpc.StatusCode.INTERNAL, Reason.GATEWAY_INTERNAL, message)
 
 
 #: ZStack's answers to a login with wrong credentials, or for an account that may not log in now
@@ -332,7 +408,7 @@ def login_failed(err: GatewayError, account: str) -> GatewayError:
     """
     what = f"logging in to ZStack as account {account!r}"
     if err.zstack_code in ACCOUNT_REJECTED_CODES:
-        text = _cut(
+        text = cut(
             err.error_code.details or err.error_code.description or "credentials refused", _MESSAGE_TEXT_CHARS
         )
         return GatewayError(
@@ -341,14 +417,14 @@ def login_failed(err: GatewayError, account: str) -> GatewayError:
                 f"ZStack rejected the gateway's account {account!r}: {text} "
                 "(check --zstack-account and ZSTACK_PASSWORD / --password-file)"
             ),
-            reason="ZSTACK_ACCOUNT_REJECTED",
+            reason=Reason.ZSTACK_ACCOUNT_REJECTED,
             error_code=err.error_code,
             http_status=err.http_status,
         )
-    if err.reason == "ZSTACK_BAD_RESPONSE":
-        code, reason = grpc.StatusCode.INTERNAL, "ZSTACK_BAD_RESPONSE"
+    if err.reason == Reason.ZSTACK_BAD_RESPONSE:
+        code, reason = grpc.StatusCode.INTERNAL, Reason.ZSTACK_BAD_RESPONSE
     else:
-        code, reason = grpc.StatusCode.UNAVAILABLE, "ZSTACK_LOGIN_FAILED"
+        code, reason = grpc.StatusCode.UNAVAILABLE, Reason.ZSTACK_LOGIN_FAILED
     return GatewayError(
         code=code,
         message=f"{what} failed: {err.message}",
@@ -359,12 +435,11 @@ def login_failed(err: GatewayError, account: str) -> GatewayError:
 
 
 def from_exception(exc: BaseException) -> GatewayError:
-    """Any exception that reaches the RPC boundary, as a GatewayError. Unknown exceptions become a
-    generic INTERNAL without their text (it may hold internals); the caller logs them."""
+    """Any exception that reaches the RPC boundary, as a GatewayError (every failure the gateway
+    expects is one, translation errors included). Unknown exceptions become a generic INTERNAL
+    without their text (it may hold internals); the caller logs them."""
     if isinstance(exc, GatewayError):
         return exc
-    if isinstance(exc, TranslationError):
-        return bad_response(f"{exc.field}: {exc.reason}")
     return internal()
 
 
@@ -398,139 +473,8 @@ def _excerpt(body: bytes) -> str:
     return text if len(text) <= _TEXT_EXCERPT_CHARS else text[:_TEXT_EXCERPT_CHARS] + "..."
 
 
-# ---------------------------------------------------------------------------------------------
-# GatewayError -> grpc.Status
-
-
-def _wire_cost(char: str) -> int:
-    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
-
-
-def _cut_for_wire(text: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
-    """``text`` cut so that grpc-message, percent-encoded as grpc sends it, takes at most ``limit``
-    bytes (printable ASCII other than '%' goes as is, anything else as %XX per UTF-8 byte).
-
-    Every character costs at least one byte, so at most ``limit + 1`` characters are looked at,
-    however long the text."""
-    budget = limit - len(CUT_MARK)
-    used = 0
-    for index, char in enumerate(text[: limit + 1]):
-        cost = _wire_cost(char)
-        if used + cost > budget:
-            # The text is kept whole when the rest fits in the room the mark would take.
-            rest = text[index : index + limit - used + 1]
-            if len(rest) == len(text) - index and used + sum(map(_wire_cost, rest)) <= limit:
-                return text
-            return text[:index] + CUT_MARK
-        used += cost
-    return text
-
-
-def _cut_bytes(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
-    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
-
-
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters long, a cut one ending with CUT_MARK."""
     if len(text) <= limit:
         return text
     return text[: max(0, limit - len(CUT_MARK))] + CUT_MARK
-
-
-def trimmed_error_code(
-    ec: error_pb2.ErrorCode, *, max_depth: int = MAX_CAUSE_DEPTH, max_chars: int = MAX_FIELD_CHARS
-) -> error_pb2.ErrorCode:
-    """A copy of ``ec`` whose cause chain is at most ``max_depth`` deep and whose strings are at most
-    ``max_chars`` long. Whatever is cut is marked in ``details``. Only what is kept is copied, so the
-    cost does not grow with what ``ec`` holds beyond that."""
-    out = error_pb2.ErrorCode()
-    _copy_trimmed(ec, out, max_depth, max_chars)
-    return out
-
-
-def _copy_trimmed(
-    src: error_pb2.ErrorCode, dst: error_pb2.ErrorCode, depth_left: int, max_chars: int
-) -> None:
-    for name in ("code", "description", "details", "elaboration", "location", "cost", "global_error_code"):
-        if src.HasField(name):
-            setattr(dst, name, _cut(getattr(src, name), max_chars))
-    if src.HasField("opaque"):
-        if src.opaque.ByteSize() > max_chars:
-            dst.details = _cut(dst.details, max_chars) + " [opaque dropped by the gateway: too large]"
-        else:
-            dst.opaque.CopyFrom(src.opaque)
-    if depth_left <= 0:
-        if src.HasField("cause") or len(src.causes):
-            dst.details = dst.details + " [deeper causes cut by the gateway]"
-        return
-    if src.HasField("cause"):
-        dst.cause.SetInParent()
-        _copy_trimmed(src.cause, dst.cause, depth_left - 1, max_chars)
-    if len(src.causes) > 4:
-        dst.details = dst.details + f" [{len(src.causes) - 4} more causes cut by the gateway]"
-    for index in range(min(4, len(src.causes))):
-        _copy_trimmed(src.causes[index], dst.causes.add(), depth_left - 1, max_chars)
-
-
-def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
-    if err.error_code.code and not err.error_code.code.startswith("GATEWAY."):
-        info.metadata["zstackCode"] = _cut_bytes(err.error_code.code, MAX_CODE_BYTES)
-    if err.error_code.global_error_code:
-        info.metadata["zstackGlobalCode"] = _cut_bytes(err.error_code.global_error_code, MAX_CODE_BYTES)
-    if err.http_status is not None:
-        info.metadata["httpStatus"] = str(err.http_status)
-    return info
-
-
-def to_status_proto(err: GatewayError) -> status_pb2.Status:
-    """The google.rpc.Status for ``err``, its serialized size under MAX_DETAILS_BYTES. Its cost is
-    bounded whatever ``err`` holds: every string and cause list is cut before it is copied."""
-    message = _cut_for_wire(err.message)
-    extra: list[any_pb2.Any] = []
-    info = any_pb2.Any()
-    info.Pack(_error_info(err))
-    extra.append(info)
-    if err.retry_after is not None:
-        retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromTimedelta(datetime.timedelta(seconds=err.retry_after))
-        packed_retry = any_pb2.Any()
-        packed_retry.Pack(retry)
-        extra.append(packed_retry)
-    if err.field_violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=_cut(d, 300))
-                for f, d in list(err.field_violations)[:20]
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        extra.append(packed)
-    # Shrink the ErrorCode until the whole status fits: fewer causes and shorter strings each round.
-    for depth, chars in ((MAX_CAUSE_DEPTH, MAX_FIELD_CHARS), (4, 512), (2, 256), (0, 128), (0, 64)):
-        ec_any = any_pb2.Any()
-        ec_any.Pack(trimmed_error_code(err.error_code, max_depth=depth, max_chars=chars))
-        status = status_pb2.Status(code=err.code.value[0], message=message, details=[ec_any, *extra])
-        if status.ByteSize() <= MAX_DETAILS_BYTES:
-            return status
-    # Only a pathological ErrorInfo could get here: keep the code and the message.
-    return status_pb2.Status(code=err.code.value[0], message=message)
-
-
-def to_grpc_status(err: GatewayError) -> grpc.Status:
-    """The grpc status for ``err``, built once per error: every caller that shares the error (calls
-    coalesced on one upstream request) sends the same status."""
-    status = err._status
-    if status is None:
-        status = rpc_status.to_status(to_status_proto(err))
-        err._status = status
-    return status
-
-
-def encoded_details_size(err: GatewayError) -> int:
-    """The size of the grpc-status-details-bin trailer as sent (base64), for tests and docs."""
-    for key, value in to_grpc_status(err).trailing_metadata:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            return len(base64.b64encode(value))
-    return 0

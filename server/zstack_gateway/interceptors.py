@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
-from zstack_gateway import errors, observe
+from zstack_gateway import errors, observe, status
 from zstack_gateway.metrics import Metrics
-from zstack_gateway.translate import TranslationError
 
 log = logging.getLogger("zstack_gateway.rpc")
 
@@ -177,7 +176,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         except Exception as exc:
             failure = errors.from_exception(exc)
             code = failure.code
-            if not isinstance(exc, errors.GatewayError | TranslationError):
+            if not isinstance(exc, errors.GatewayError):
                 log.error(
                     "unexpected error in %s", method, exc_info=exc, extra={"request_id": record.request_id}
                 )
@@ -187,7 +186,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 # sending, the status; a second one would fail inside grpc. Leave quietly.
                 code = ended
                 raise asyncio.CancelledError from None
-            await self._send_status(context, errors.to_grpc_status(failure))
+            await self._send_status(context, status.to_grpc_status(failure))
         finally:
             observe.current.reset(token)
             # Logged and counted before it stops counting as in flight: whoever sees the gateway idle
@@ -196,18 +195,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             self._closed()
 
     async def _write(self, context: _Context, message: Any) -> None:
-        """Write one message; a caller that reads nothing for the idle timeout ends the call."""
-        if self._idle_timeout <= 0:
-            await context.write(message)
-            return
-        write = asyncio.ensure_future(context.write(message))
-        # When this call leaves before the write ends (cancelled, or idle), the write stays pending
-        # inside grpc and fails once the call is over: its outcome no longer matters.
-        write.add_done_callback(_retrieve)
-        done, _ = await asyncio.wait((write,), timeout=self._idle_timeout)
-        if not done:
-            raise errors.stream_idle(self._idle_timeout)
-        write.result()
+        """Write one message; a caller that reads nothing for the idle timeout ends the call.
+
+        A write fails only when the call is over (the caller went away, or the server stops): the
+        call then leaves as a cancelled one, with no status of its own (grpc has ended it)."""
+        try:
+            if self._idle_timeout <= 0:
+                await context.write(message)
+                return
+            write = asyncio.ensure_future(context.write(message))
+            # When this call leaves before the write ends (cancelled, or idle), the write stays
+            # pending inside grpc and fails once the call is over: its outcome no longer matters.
+            write.add_done_callback(_retrieve)
+            done, _ = await asyncio.wait((write,), timeout=self._idle_timeout)
+            if not done:
+                raise errors.stream_idle(self._idle_timeout)
+            write.result()
+        except (errors.GatewayError, asyncio.CancelledError):
+            raise
+        except Exception:  # grpc's ExecuteBatchError, UsageError ("RPC already finished"), ...
+            raise asyncio.CancelledError from None
 
     async def _send_status(self, context: _Context, status: grpc.Status) -> NoReturn:
         """Hand the call's final status to grpc, then leave without waiting for the caller to take it.

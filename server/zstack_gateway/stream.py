@@ -43,7 +43,6 @@ from json.scanner import make_scanner
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
-import grpc
 import msgspec
 import orjson
 
@@ -66,20 +65,6 @@ class Chunk(NamedTuple):
 
     data: bytes
     images: int
-
-
-def image_too_large(index: int, size: int) -> errors.GatewayError:
-    """The error ending a stream at an image that alone does not fit in one message."""
-    message = (
-        f"image inventories[{index}] takes {size} bytes in a stream message, over the {CHUNK_BYTES}-byte "
-        "limit of one message; the images before it were sent"
-    )
-    return errors.GatewayError(
-        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-        message=message,
-        reason="IMAGE_TOO_LARGE",
-        error_code=errors.gateway_error_code("IMAGE_TOO_LARGE", message),
-    )
 
 
 def _header(size: int) -> bytes:
@@ -384,7 +369,7 @@ class ImageStream:
                 length = len(header) + len(data)
                 if size + length > CHUNK_BYTES:
                     if not images:
-                        raise image_too_large(at, length)
+                        raise errors.image_too_large(at, length, CHUNK_BYTES)
                     self._carry = (at, header, data)
                     break
                 pieces.append(header)

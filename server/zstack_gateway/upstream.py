@@ -22,7 +22,6 @@ from typing import NamedTuple
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import grpc
 from yarl import URL
 
 from zstack_gateway import errors, observe
@@ -220,7 +219,9 @@ class ZStackClient:
                 if wait < self._queue_timeout:
                     raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
                 if share is not None and not holds_share:
-                    raise identity_overloaded(self._max_per_identity, self._max_concurrent, wait) from None
+                    raise errors.identity_overloaded(
+                        self._max_per_identity, self._max_concurrent, wait
+                    ) from None
                 raise errors.overloaded(self._max_concurrent, wait) from None
             return await self._get_json(api_path, url, headers, deadline)
         finally:
@@ -340,25 +341,6 @@ class ZStackClient:
             account.close()
             raise
         return Reply(body, account)
-
-
-def identity_overloaded(share: int, total: int, waited: float) -> errors.GatewayError:
-    """The calls of the caller's identity held their whole share of upstream slots while the call
-    waited for one; other identities' calls are not held up by them."""
-    reason = "UPSTREAM_IDENTITY_LIMIT"
-    message = (
-        f"this caller's ZStack identity is already running {share} calls to ZStack, its share of "
-        f"the gateway's {total} (--max-upstream-calls-per-identity), and none finished within "
-        f"{waited:.3g} s; try again later"
-    )
-    err = errors.GatewayError(
-        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-        message=message,
-        reason=reason,
-        error_code=errors.gateway_error_code(reason, message),
-    )
-    err.retry_after = 1.0
-    return err
 
 
 def api_label(api_path: str) -> str:
