@@ -248,7 +248,11 @@ def test_human_size() -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("ZSTACK_SESSION", "ZSTACK_GATEWAY_TARGET")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ZSTACK_ISO_") and k not in ("ZSTACK_SESSION", "ZSTACK_GATEWAY_TARGET")
+    }
     done = subprocess.run(
         [str(CLI), *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60
     )
@@ -302,9 +306,12 @@ def test_cli_not_found(target: str) -> None:
     assert error["errorCode"]["code"] == "SYS.1003"
 
 
-def test_cli_without_session_is_a_usage_error(target: str) -> None:
-    # Chosen behaviour: a missing session is caught before any call, as a usage error (exit 2).
+def test_cli_without_session_asks_the_gateway_and_says_how_to_give_one(target: str) -> None:
+    # The session is optional (account and AccessKey gateways must not receive one); a pass-through
+    # gateway refuses the call, and the one error line says how to send a session.
     done = run_cli("candidates", zstack_sim.DEMO_VM_UUID, "--target", target)
-    assert done.returncode == 2
-    assert "ZSTACK_SESSION" in done.stderr
+    assert done.returncode == 1
     assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("zstack-iso: UNAUTHENTICATED: ")
+    assert "ZSTACK_ISO_SESSION" in line

@@ -3,6 +3,18 @@
 The gateway streams the candidate list in chunks; both clients hide the chunks and yield one image
 at a time, as soon as its chunk arrives. Every failure, before or during the stream, is raised as
 :class:`~zstack_iso.errors.ZStackError`.
+
+Credentials, by the gateway's ``--auth-mode``:
+
+* pass-through (the default): ``session=`` a ZStack session UUID, sent as
+  ``authorization: OAuth <session>``;
+* account or AccessKey, with caller tokens: ``token=``, sent as ``authorization: Bearer <token>``;
+* account or AccessKey on loopback, or with mutual TLS only: neither.
+
+Both travel in the one ``authorization`` metadata key, so a client sends one or the other, never
+both (a pass-through gateway takes no caller tokens: mutual TLS is how it restricts its callers).
+An account or AccessKey gateway refuses a caller's session (INVALID_ARGUMENT,
+``CALLER_ZSTACK_CREDENTIALS_REFUSED``) rather than call ZStack as someone else than the caller thinks.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import grpc.aio
 from zstack.v1 import image_pb2, vm_instance_service_pb2, vm_instance_service_pb2_grpc
 
 from zstack_iso.errors import ZStackError
+from zstack_iso.tls import TlsConfig
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncIsoClient", "IsoClient"]
 
@@ -35,8 +48,46 @@ _CLIENT_TIMEOUT: Final = _Default.TIMEOUT
 
 _Timeout = float | None | Literal[_Default.TIMEOUT]
 
-# gRPC only sends printable ASCII in text metadata; a session is a token without spaces.
-_SESSION = re.compile(r"[!-~]+")
+# gRPC only sends printable ASCII in text metadata; sessions and caller tokens have no spaces.
+_TOKEN = re.compile(r"[!-~]+")
+
+
+def _auth_metadata(
+    session: str | None, token: str | None, metadata: Sequence[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    extra = tuple((key.lower(), value) for key, value in metadata)
+    if session is not None and token is not None:
+        raise ValueError(
+            "give session= (a pass-through gateway) or token= (a gateway with caller tokens), not "
+            "both: they travel in the same 'authorization' metadata"
+        )
+    for name, value, scheme in (("session", session, "OAuth"), ("token", token, "Bearer")):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            # The value itself is a secret: never put it in a message.
+            raise ValueError(f"{name} must be a non-empty string of printable ASCII without spaces")
+        if any(key == "authorization" for key, _ in extra):
+            raise ValueError(f"give the {name} either as {name}= or as 'authorization' metadata")
+        extra = (("authorization", f"{scheme} {value}"), *extra)
+    return extra
+
+
+def _channel_settings(
+    tls: TlsConfig | bool,
+    channel_credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]],
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """The credentials (None: plain text) and options of a new channel."""
+    if tls is True:
+        tls = TlsConfig()
+    if tls is not False and not isinstance(tls, TlsConfig):
+        raise TypeError(f"tls must be a TlsConfig, True or False, not {type(tls).__name__}")
+    if isinstance(tls, TlsConfig):
+        if channel_credentials is not None:
+            raise ValueError("give tls= or channel_credentials=, not both")
+        return tls.channel_credentials(), [*tls.channel_options(), *options]
+    return channel_credentials, list(options)
 
 
 class _Base:
@@ -44,31 +95,26 @@ class _Base:
 
     def __init__(
         self,
-        target: str,
+        target: str | None,
         *,
         session: str | None,
+        token: str | None,
         timeout: float | None,
         metadata: Sequence[tuple[str, str]],
     ) -> None:
-        if not target:
+        if target is not None and not target:
             raise ValueError("target must be HOST:PORT (or another gRPC target), not empty")
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
-        extra = tuple((key.lower(), value) for key, value in metadata)
-        if session is not None:
-            if not _SESSION.fullmatch(session):
-                # The session itself is a secret: never put it in a message.
-                raise ValueError("session must be a non-empty token of printable ASCII without spaces")
-            if any(key == "authorization" for key, _ in extra):
-                raise ValueError("give the session either as session= or as 'authorization' metadata")
-            extra = (("authorization", f"OAuth {session}"), *extra)
         self._target = target
         self._timeout = timeout
-        self._metadata = extra
+        self._metadata = _auth_metadata(session, token, metadata)
         self._closed = False
+        self._owns_channel = True
 
     @property
-    def target(self) -> str:
+    def target(self) -> str | None:
+        """The gateway's address; None for a client made with ``from_channel``."""
         return self._target
 
     @property
@@ -76,13 +122,14 @@ class _Base:
         return self._timeout
 
     def __repr__(self) -> str:
-        # No session, no metadata: both may hold credentials.
-        return f"{type(self).__name__}({self._target!r}, timeout={self._timeout!r})"
+        # No session, token or metadata: they may hold credentials.
+        where = repr(self._target) if self._target is not None else "<channel>"
+        return f"{type(self).__name__}({where}, timeout={self._timeout!r})"
 
     def _call_timeout(self, timeout: _Timeout) -> float | None:
         if timeout is _CLIENT_TIMEOUT:
             return self._timeout
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
         return timeout
 
@@ -107,12 +154,31 @@ def _request(
 class IsoClient(_Base):
     """A blocking client of the gateway's ``zstack.v1.VmInstanceService``.
 
-    ``session`` is a ZStack session UUID, sent as ``authorization: OAuth <session>`` metadata with
-    every call. Without ``channel_credentials`` the channel is plain text. ``timeout`` is each call's
-    deadline in seconds, the whole stream included (None: no deadline). ``metadata`` is sent with
-    every call; ``options`` are gRPC channel options.
+    Arguments:
+        target: the gateway's address, ``HOST:PORT`` (or any gRPC target).
+        session: a ZStack session UUID, for a pass-through gateway (``authorization: OAuth ...``).
+        token: a caller token, for an account or AccessKey gateway that asks for one
+            (``authorization: Bearer ...``). Not together with ``session``.
+        tls: a :class:`~zstack_iso.tls.TlsConfig` (TLS, or mutual TLS with a client certificate),
+            ``True`` (TLS verified against gRPC's default roots), or ``False``: plain text.
+        channel_credentials: any ``grpc.ChannelCredentials`` instead of ``tls``.
+        timeout: each call's deadline in seconds, the whole stream included (None: no deadline).
+        metadata: more metadata sent with every call.
+        options: gRPC channel options.
 
-    Use it as a context manager, or call :meth:`close`, to close the channel.
+    Use it as a context manager, or call :meth:`close`, to close the channel. A service that has a
+    channel already uses :meth:`from_channel`.
+
+    Fields ZStack left out are absent, not empty (proto3 ``optional``): test with ``HasField``::
+
+        with IsoClient("127.0.0.1:50051", session=session_uuid) as client:
+            for image in client.iter_candidates(vm_uuid):
+                size = image.size if image.HasField("size") else None
+                print(image.uuid, image.name, size)
+
+        tls = TlsConfig.from_files(cacert="ca.pem", cert="client.pem", key="client.key")
+        with IsoClient("gw.example:50051", token=caller_token, tls=tls) as client:
+            images = client.list_candidates(vm_uuid)
     """
 
     def __init__(
@@ -120,17 +186,41 @@ class IsoClient(_Base):
         target: str,
         *,
         session: str | None = None,
+        token: str | None = None,
+        tls: TlsConfig | bool = False,
         channel_credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        super().__init__(target, session=session, timeout=timeout, metadata=metadata)
-        if channel_credentials is None:
-            self._channel = grpc.insecure_channel(target, options=list(options))
+        super().__init__(target, session=session, token=token, timeout=timeout, metadata=metadata)
+        credentials, channel_options = _channel_settings(tls, channel_credentials, options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
         else:
-            self._channel = grpc.secure_channel(target, channel_credentials, options=list(options))
+            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(self._channel)
+
+    @classmethod
+    def from_channel(
+        cls,
+        channel: grpc.Channel,
+        *,
+        session: str | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Self:
+        """A client on a channel the caller made (TLS and options are the channel's) and keeps:
+        :meth:`close` leaves the channel open. Several clients may share one channel."""
+        if not isinstance(channel, grpc.Channel):
+            raise TypeError(f"channel must be a grpc.Channel, not {type(channel).__name__}")
+        client = cls.__new__(cls)
+        _Base.__init__(client, None, session=session, token=token, timeout=timeout, metadata=metadata)
+        client._owns_channel = False
+        client._channel = channel
+        client._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
+        return client
 
     def __enter__(self) -> Self:
         return self
@@ -141,10 +231,12 @@ class IsoClient(_Base):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls in progress are cancelled. Closing twice is harmless."""
+        """Close the channel (unless it came from ``from_channel``); calls in progress are then
+        cancelled. After close, calls raise ZStackError CANCELLED. Closing twice is harmless."""
         if not self._closed:
             self._closed = True
-            self._channel.close()
+            if self._owns_channel:
+                self._channel.close()
 
     def iter_candidates(
         self,
@@ -193,9 +285,13 @@ class IsoClient(_Base):
 
 
 class AsyncIsoClient(_Base):
-    """:class:`IsoClient` for asyncio, on ``grpc.aio``. Create it inside the running event loop.
+    """:class:`IsoClient` for asyncio, on ``grpc.aio``, with the same arguments. Create it inside
+    the running event loop. Use ``async with``, or ``await close()``, to close the channel::
 
-    Use ``async with``, or ``await close()``, to close the channel.
+        async with AsyncIsoClient("127.0.0.1:50051", session=session_uuid) as client:
+            async for image in client.iter_candidates(vm_uuid):
+                arch = image.architecture if image.HasField("architecture") else "unknown"
+                print(image.uuid, arch)
     """
 
     def __init__(
@@ -203,17 +299,41 @@ class AsyncIsoClient(_Base):
         target: str,
         *,
         session: str | None = None,
+        token: str | None = None,
+        tls: TlsConfig | bool = False,
         channel_credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        super().__init__(target, session=session, timeout=timeout, metadata=metadata)
-        if channel_credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        super().__init__(target, session=session, token=token, timeout=timeout, metadata=metadata)
+        credentials, channel_options = _channel_settings(tls, channel_credentials, options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
         else:
-            self._channel = grpc.aio.secure_channel(target, channel_credentials, options=list(options))
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
         self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(self._channel)
+
+    @classmethod
+    def from_channel(
+        cls,
+        channel: grpc.aio.Channel,
+        *,
+        session: str | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Self:
+        """A client on a ``grpc.aio`` channel the caller made and keeps: :meth:`close` leaves the
+        channel open. Several clients may share one channel."""
+        if not isinstance(channel, grpc.aio.Channel):
+            raise TypeError(f"channel must be a grpc.aio.Channel, not {type(channel).__name__}")
+        client = cls.__new__(cls)
+        _Base.__init__(client, None, session=session, token=token, timeout=timeout, metadata=metadata)
+        client._owns_channel = False
+        client._channel = channel
+        client._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
+        return client
 
     async def __aenter__(self) -> Self:
         return self
@@ -224,10 +344,12 @@ class AsyncIsoClient(_Base):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; calls in progress are cancelled. Closing twice is harmless."""
+        """Close the channel (unless it came from ``from_channel``); calls in progress are then
+        cancelled. Closing twice is harmless."""
         if not self._closed:
             self._closed = True
-            await self._channel.close()
+            if self._owns_channel:
+                await self._channel.close()
 
     def iter_candidates(
         self,
