@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 
-from zstack_gateway import callers, credentials, security, tls
+from zstack_gateway import callers, credentials, descriptors, security, tls
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
@@ -155,6 +155,7 @@ async def start(config: Config) -> Gateway:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
+        pool=descriptors.reflection_pool(),  # the compiled-in descriptors with the protos' comments
     )
     port = tls.add_port(server, config)  # TLS or mutual TLS when configured
     if port == 0:
