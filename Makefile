@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PROTOS := $(wildcard protos/zstack/v1/*.proto)
 GEN_DIR := client
+TS_GEN_DIR := client-ts/src/gen
+DESCRIPTORS := server/zstack_gateway/descriptors.binpb
 LISTEN ?= 127.0.0.1:50051
 
 .PHONY: run test gen check-gen lint typecheck buflint pytest bench bench-quick soak soak-quick venv node clean
@@ -30,19 +32,31 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Generated Python stubs live in client/zstack/v1 and are committed; `make gen` rewrites them from
-# protos/, and `make check-gen` (part of `make test`) fails when the committed ones are stale.
-gen: $(STAMP)
-	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
-	  --mypy_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) $(PROTOS)
+# Generated files, committed, all from protos/: the Python stubs in client/zstack/v1, the descriptor
+# set the gateway serves through reflection (with the protos' comments: `grpcurl describe` shows
+# them), and the TypeScript package's messages in client-ts/src/gen (buf.gen.yaml). `make gen`
+# rewrites them; `make check-gen` (part of `make test`) regenerates them into a temporary
+# directory and fails when a committed one differs, or when client-ts/src/gen has a file too many.
+# $(call generate,ROOT) writes every generated file under ROOT as it lies in the checkout.
+define generate
+mkdir -p $(1)/$(GEN_DIR) $(1)/$(dir $(DESCRIPTORS)) && \
+PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(1)/$(GEN_DIR) --grpc_python_out=$(1)/$(GEN_DIR) \
+  --mypy_out=$(1)/$(GEN_DIR) --mypy_grpc_out=$(1)/$(GEN_DIR) \
+  --include_imports --include_source_info --descriptor_set_out=$(1)/$(DESCRIPTORS) $(PROTOS) && \
+PATH=$(CURDIR)/node_modules/.bin:$$PATH buf generate -o $(1)
+endef
 
-check-gen: $(STAMP)
+gen: $(STAMP) $(NODE_STAMP)
+	$(call generate,.)
+
+check-gen: $(STAMP) $(NODE_STAMP)
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	PATH=$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --grpc_python_out=$$tmp \
-	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
-	for f in $$(cd $$tmp && find . -type f); do \
-	  cmp -s "$$tmp/$$f" "$(GEN_DIR)/$$f" || { echo "stale generated stub: $(GEN_DIR)/$$f (run 'make gen')"; exit 1; }; \
-	done && echo "generated stubs are fresh"
+	$(call generate,$$tmp) && \
+	for f in $$(cd $$tmp && find $(GEN_DIR) $(DESCRIPTORS) -type f); do \
+	  cmp -s "$$tmp/$$f" "$$f" || { echo "stale generated file: $$f (run 'make gen')"; exit 1; }; \
+	done && \
+	{ diff -r -q "$$tmp/$(TS_GEN_DIR)" "$(TS_GEN_DIR)" || { echo "stale generated TypeScript in $(TS_GEN_DIR) (run 'make gen')"; exit 1; }; } && \
+	echo "generated files are fresh"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,15 +1,20 @@
-"""A Node.js service calling the gateway (tests/node/client.js, @grpc/grpc-js + proto-loader).
+"""A Node.js service calling the gateway (tests/node/client.js, @grpc/grpc-js + proto-loader), and
+the README's Node example.
 
 What a JavaScript caller sees must equal what a Python caller sees: the same images in the same
 proto3 JSON form, and on failure the same google.rpc.Status, decoded by Node from the
-``grpc-status-details-bin`` trailer (the ZStack ErrorCode, ErrorInfo and BadRequest details).
+``grpc-status-details-bin`` trailer (the ZStack ErrorCode, ErrorInfo and BadRequest details). The
+README's example, with the same proto-loader options, gives int64 exactly and Timestamps as Dates.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from grpc_status import rpc_status
 from harness import GatewayThread, SimControl
 from zstack.v1 import error_pb2, vm_instance_service_pb2
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_gateway import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "node" / "client.js"
@@ -141,3 +147,106 @@ def test_node_reports_an_unreachable_gateway_without_details() -> None:
     status = node_status(run_node(f"127.0.0.1:{port}", zstack_sim.DEMO_VM_UUID))
     assert status["codeName"] == "UNAVAILABLE"
     assert "details" not in status
+
+
+# The README's Node example ("From Node.js"), run as printed from the checkout with `node -`.
+
+README = ROOT / "README.md"
+LOADER_KEYS = ("keepCase", "longs", "enums", "defaults", "oneofs")
+#: 2^53 + 1: the smallest int64 a JavaScript number cannot hold exactly.
+BEYOND_DOUBLE = 2**53 + 1
+
+
+def readme_node_example() -> str:
+    text = README.read_text()
+    section = text[text.index("### From Node.js") :]
+    return section[section.index("```js\n") + len("```js\n") : section.index("\n```\n")]
+
+
+def loader_options(source: str) -> dict[str, str]:
+    """The proto-loader options written in ``source`` (key: value, comments dropped)."""
+    found = {}
+    for key in LOADER_KEYS:
+        [value] = re.findall(rf"^\s*{key}: ([^,]+),", source, flags=re.MULTILINE)
+        found[key] = value
+    return found
+
+
+def run_readme_example(target: str, vm_uuid: str) -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    code = readme_node_example()
+    assert code.count("'127.0.0.1:50051'") == 1 and code.count(f"'{zstack_sim.DEMO_VM_UUID}'") == 1
+    code = code.replace("'127.0.0.1:50051'", f"'{target}'").replace(zstack_sim.DEMO_VM_UUID, vm_uuid)
+    return subprocess.run([NODE, "-"], input=code, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_client_js_uses_the_readme_proto_loader_options() -> None:
+    options = loader_options(readme_node_example())
+    assert options == {
+        "keepCase": "false",
+        "longs": "String",
+        "enums": "String",
+        "defaults": "true",
+        "oneofs": "false",
+    }
+    assert loader_options(CLIENT.read_text()) == options
+
+
+def test_readme_node_example_prints_exact_sizes_and_dates(target: str) -> None:
+    out = run_readme_example(target, zstack_sim.DEMO_VM_UUID)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    with grpc.insecure_channel(target) as channel:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        request = vm_instance_service_pb2.GetCandidateIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID)
+        images = [
+            i for chunk in stub.GetCandidateIso(request, metadata=AUTH, timeout=10) for i in chunk.inventories
+        ]
+    assert len(rows) == len(images)
+    for row, image in zip(rows, images, strict=True):
+        name, size, gib, created = row
+        assert name == image.name
+        if image.HasField("size"):
+            assert size == str(image.size)
+            assert abs(float(gib) - image.size / 2**30) <= 0.005
+        else:
+            assert (size, gib) == ("-", "-")
+        if image.HasField("create_date"):
+            when = image.create_date.ToDatetime(tzinfo=UTC)
+            assert created == when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{image.create_date.nanos // 10**6:03d}Z"
+        else:
+            assert created == "-"
+    assert any(r[1] == "-" for r in rows) and any(r[3] == "-" for r in rows)
+
+
+def test_readme_node_example_reports_not_found(target: str) -> None:
+    out = run_readme_example(target, zstack_sim.DEMO_MISSING_VM_UUID)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith("NOT_FOUND ZStack SYS.1003: invalid field[vmInstanceUuid]")
+
+
+@pytest.fixture(scope="module")
+def big_target() -> Iterator[str]:
+    """A gateway whose simulator says the demo's CentOS image is 2^53 + 1 bytes."""
+    data = zstack_sim.demo_data()
+    [centos] = [i for i in data.images.values() if i["name"].startswith("CentOS-7")]
+    centos["size"] = BEYOND_DOUBLE
+    with zstack_sim.run_in_thread(data) as sim:
+        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=sim.url, default_timeout=5.0).check())
+        try:
+            yield gw.target
+        finally:
+            gw.stop()
+
+
+def test_longs_string_keeps_int64_beyond_2_to_53_exact(big_target: str) -> None:
+    out = run_readme_example(big_target, zstack_sim.DEMO_VM_UUID)
+    assert out.returncode == 0, out.stderr
+    [row] = [line.split("\t") for line in out.stdout.splitlines() if line.startswith("CentOS-7")]
+    assert row[1] == str(BEYOND_DOUBLE)  # not 9007199254740992, as longs: Number would give
+    # And client.js prints it exactly too, as Python's json_format does.
+    node = run_node(big_target, zstack_sim.DEMO_VM_UUID)
+    assert node.returncode == 0, node.stderr
+    images = [i for line in node.stdout.splitlines() for i in json.loads(line).get("inventories", [])]
+    assert str(BEYOND_DOUBLE) in [i.get("size") for i in images]

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 
-from zstack_gateway import callers, credentials, security, tls
+from zstack_gateway import callers, credentials, descriptors, security, tls
 from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.config import Config, ConfigError, split_host_port
@@ -170,6 +170,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
+        pool=descriptors.reflection_pool(),  # the compiled-in descriptors with the protos' comments
     )
     try:
         port = tls.add_port(server, config)  # TLS or mutual TLS when configured

@@ -185,14 +185,15 @@ function main(argv) {
 
   const root = loadTypes(protos);
   const responseType = root.lookupType('zstack.v1.GetCandidateIsoResponse');
-  // camelCase field names are the protos' JSON names, which are ZStack's keys.
+  // The options the README gives for a Node caller; camelCase field names are the protos' JSON
+  // names, which are ZStack's keys.
   const definition = protoLoader.loadSync(SERVICE_FILE, {
     includeDirs: [protos],
-    keepCase: false,
-    longs: String,
+    keepCase: false, // camelCase names: ZStack's JSON keys (mediaType, backupStorageRefs, ...)
+    longs: String, // int64 as decimal strings, exact; Number would round beyond 2^53 - 1
     enums: String,
-    defaults: false,
-    oneofs: false,
+    defaults: true, // absent repeated fields are [], messages null; `optional` scalars stay undefined
+    oneofs: false, // `optional` is a one-field oneof: true would add keys such as `_size: 'size'`
   });
   const { VmInstanceService } = grpc.loadPackageDefinition(definition).zstack.v1;
   const client = new VmInstanceService(target, grpc.credentials.createInsecure());
