@@ -19,7 +19,7 @@ from harness import GatewayThread, SimControl
 from pki import HAVE_OPENSSL, Pki, make_pki
 from zstack.v1 import image_pb2
 from zstack_gateway import Config
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Secret
 from zstack_iso import AsyncIsoClient, IsoClient, TlsConfig, ZStackError, message_to_dict
 
 VM = zstack_sim.DEMO_VM_UUID

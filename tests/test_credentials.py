@@ -30,9 +30,9 @@ from harness import GatewayThread, SimControl
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config, ConfigError, cli, security
-from zstack_gateway.credentials import access_key_signature, http_date
-from zstack_gateway.secret import Secret
+from zstack_gateway import Config, ConfigError, cli
+from zstack_gateway.auth.access_key import access_key_signature, http_date
+from zstack_gateway.settings import Secret
 from zstack_sim.auth import parse_http_date
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -443,7 +443,7 @@ def test_caller_tokens_from_the_environment(simulator, monkeypatch):
         "GATEWAY_LISTEN": "0.0.0.0:0",
     }
     config = cli.config_from([], env)
-    assert [t.reveal() for t in security.caller_tokens(config)] == [TOKEN, OTHER_TOKEN]
+    assert [t.reveal() for t in config.secrets.caller_tokens] == [TOKEN, OTHER_TOKEN]
     assert config.zstack_access_key_secret.reveal() == KEY_SECRET
 
 
@@ -470,7 +470,7 @@ def test_secrets_from_files_and_their_spellings(simulator, tmp_path):
         config = cli.config_from(
             [*base, "--auth-mode", "account", "--zstack-account", "admin", flag, str(pw)], {}
         )
-        assert security.password(config).reveal() == PASSWORD
+        assert config.secrets.password.reveal() == PASSWORD
     config = cli.config_from(
         [
             *base,
@@ -483,7 +483,7 @@ def test_secrets_from_files_and_their_spellings(simulator, tmp_path):
         ],
         {},
     )
-    assert security.access_key_secret(config).reveal() == KEY_SECRET
+    assert config.secrets.access_key_secret.reveal() == KEY_SECRET
     config = cli.config_from(
         [*base, "--auth-mode", "account"], {"ZSTACK_ACCOUNT": "admin", "ZSTACK_PASSWORD": LEAK_PASSWORD}
     )

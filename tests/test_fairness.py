@@ -31,9 +31,9 @@ from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, ConfigError, cli, errors
-from zstack_gateway.credentials import CallerAuth, PassThrough
+from zstack_gateway.auth import CallerAuth, PassThrough
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Secret
 from zstack_gateway.upstream import ZStackClient
 from zstack_gateway.validation import CandidateIsoQuery
 

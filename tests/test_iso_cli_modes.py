@@ -23,7 +23,7 @@ from conftest import SESSION
 from harness import GatewayThread, SimControl
 from pki import HAVE_OPENSSL, Pki, make_pki
 from zstack_gateway import Config
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Secret
 
 CLI = Path(sys.executable).with_name("zstack-iso")
 VM = zstack_sim.DEMO_VM_UUID

@@ -28,7 +28,7 @@ import zstack_sim
 from harness import SimControl
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import logs
+from zstack_gateway.telemetry import logs
 
 GATEWAY_BIN = Path(sys.executable).with_name("zstack-gateway")
 VM = zstack_sim.DEMO_VM_UUID

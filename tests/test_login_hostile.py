@@ -34,7 +34,7 @@ from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Secret
 
 C = grpc.StatusCode
 VM = zstack_sim.DEMO_VM_UUID

@@ -17,7 +17,7 @@ from harness import GatewayThread, SimControl
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
-from zstack_gateway.logs import JsonFormatter
+from zstack_gateway.telemetry.logs import JsonFormatter
 
 VM = zstack_sim.DEMO_VM_UUID
 

@@ -22,7 +22,7 @@ from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, ConfigError
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Secret
 
 VM = zstack_sim.DEMO_VM_UUID
 C = grpc.StatusCode

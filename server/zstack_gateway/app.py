@@ -20,16 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 
-from zstack_gateway import callers, credentials, descriptors, security, tls
+from zstack_gateway import auth, descriptors, tls
+from zstack_gateway.auth import callers
 from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
-from zstack_gateway.config import Config, ConfigError, split_host_port
 from zstack_gateway.interceptors import GatewayInterceptor
-from zstack_gateway.metrics import Metrics
-from zstack_gateway.metrics import serve as serve_metrics
 from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
 from zstack_gateway.servicer import VmInstanceServicer, add_to_server
+from zstack_gateway.settings import Config, ConfigError, policy, split_host_port
+from zstack_gateway.telemetry.metrics import Metrics
+from zstack_gateway.telemetry.metrics import serve as serve_metrics
 from zstack_gateway.upstream import ZStackClient
 
 log = logging.getLogger("zstack_gateway")
@@ -133,7 +134,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     budget = MemoryBudget(config.max_held_bytes)
     client = ZStackClient(
         config.zstack_url,
-        credentials.from_config(config, zstack_tls),
+        auth.from_config(config, zstack_tls),
         max_body_bytes=config.max_body_bytes,
         pool_size=config.upstream_pool_size,
         retry=RetryPolicy(max_attempts=config.upstream_attempts),
@@ -141,9 +142,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         # Only pass-through calls carry identities of their own (one per ZStack session); in account
         # and AccessKey modes every call acts as the gateway's one identity, whose share would only
         # lower the total.
-        max_per_identity=config.upstream_calls_per_identity
-        if config.auth_mode == security.PASSTHROUGH
-        else 0,
+        max_per_identity=config.upstream_calls_per_identity if config.auth_mode == policy.PASSTHROUGH else 0,
         queue_timeout=config.upstream_queue_timeout,
         budget=budget,
     )

@@ -12,12 +12,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zstack_gateway import app, logs, workers
-from zstack_gateway.config import Config, ConfigError
-from zstack_gateway.secret import Secret
-from zstack_gateway.security import FLAG_ALIASES
+from zstack_gateway import app, workers
+from zstack_gateway.settings import Config, ConfigError, Secret
+from zstack_gateway.telemetry import logs
 
 log = logging.getLogger("zstack_gateway")
+
+
+#: Extra spellings of some flags: ``--password-file`` is ``--zstack-password-file``.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "zstack_password_file": ("--password-file",),
+    "zstack_access_key_secret_file": ("--access-key-secret-file",),
+}
+
+
+def _settings() -> list[dataclasses.Field[object]]:
+    """The Config fields that are settings (one flag and one environment variable each)."""
+    return [f for f in dataclasses.fields(Config) if f.init]
 
 
 def _env_name(flag: str) -> str:
@@ -34,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="gRPC gateway to ZStack's REST API (zstack.v1.VmInstanceService). "
         "Every flag can also be set by the environment variable named in its help.",
     )
-    for f in dataclasses.fields(Config):
+    for f in _settings():
         if isinstance(f.default, Secret):
             continue  # a secret comes from its environment variable (or a file), never from a flag
         flag = "--" + f.name.replace("_", "-")
@@ -55,7 +66,7 @@ def config_from(argv: Sequence[str] | None = None, environ: dict[str, str] | Non
     env = os.environ if environ is None else environ
     args = vars(build_parser().parse_args(argv))
     values: dict[str, object] = {}
-    for f in dataclasses.fields(Config):
+    for f in _settings():
         flag = "--" + f.name.replace("_", "-")
         given = args.get(f.name)
         if given is not None:

@@ -24,9 +24,9 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from zstack_gateway import observe
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.errors import GatewayError
+from zstack_gateway.telemetry import calls
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class Coalescer(Generic[T]):
             if flight is None:
                 flight = self._start(key, work, deadline)
             else:
-                record = observe.current.get()
+                record = calls.current.get()
                 if record is not None:
                     record.coalesced = True
             try:

@@ -13,7 +13,7 @@ The interceptor runs every wrapped call itself, as one coroutine in grpc's task 
 * every call, however it ends (finished, failed, cancelled by the caller, out of time, refused as
   undecodable), gets exactly one log line, one ``rpcs_total`` count with the outcome the caller saw,
   and leaves the in-flight gauge as it found it; all of it happens in that one task, so the call's
-  context (its :class:`~zstack_gateway.observe.CallRecord`) is set and reset in the same place;
+  context (its :class:`~zstack_gateway.calls.CallRecord`) is set and reset in the same place;
 * a call that grpc has already ended (the caller's deadline passed, or the caller went away) gets no
   second status: sending one for a call grpc finished makes grpc fail inside and log a traceback;
 * a request that is not valid protobuf reaches no handler: it is refused with INVALID_ARGUMENT
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
-from zstack_gateway import errors, observe, status
-from zstack_gateway.metrics import Metrics
+from zstack_gateway import errors, status
+from zstack_gateway.telemetry import calls
+from zstack_gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("zstack_gateway.rpc")
 
@@ -114,7 +115,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(self, behaviour: Any, method: str) -> Callable[[Any, _Context], Awaitable[None]]:
         async def serve_stream(request: Any, context: _Context) -> None:
-            async def body(record: observe.CallRecord) -> None:
+            async def body(record: calls.CallRecord) -> None:
                 stream = behaviour(request, context)
                 try:
                     async for message in stream:
@@ -134,7 +135,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         async def serve_unary(request: Any, context: _Context) -> Any:
             result: list[Any] = []
 
-            async def body(record: observe.CallRecord) -> None:
+            async def body(record: calls.CallRecord) -> None:
                 result.append(await behaviour(request, context))
 
             await self._serve(method, request, context, body)
@@ -147,17 +148,17 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         method: str,
         request: Any,
         context: _Context,
-        body: Callable[[observe.CallRecord], Awaitable[None]],
+        body: Callable[[calls.CallRecord], Awaitable[None]],
     ) -> None:
         metadata = context.invocation_metadata()
-        record = observe.CallRecord(
+        record = calls.CallRecord(
             method=method,
-            request_id=observe.request_id_from(metadata),
-            traceparent=observe.traceparent_from(metadata),
+            request_id=calls.request_id_from(metadata),
+            traceparent=calls.traceparent_from(metadata),
             metrics=self._metrics,
             vm_instance_uuid=getattr(request, "vm_instance_uuid", None) or None,
         )
-        token = observe.current.set(record)
+        token = calls.current.set(record)
         self._opened()
         code = grpc.StatusCode.OK
         failure: errors.GatewayError | None = None
@@ -188,7 +189,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 raise asyncio.CancelledError from None
             await self._send_status(context, status.to_grpc_status(failure))
         finally:
-            observe.current.reset(token)
+            calls.current.reset(token)
             # Logged and counted before it stops counting as in flight: whoever sees the gateway idle
             # (a drain, a test) sees every call's line and count.
             _finish(record, code, failure)
@@ -284,7 +285,7 @@ def _ended_code(context: _Context) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
-def _finish(record: observe.CallRecord, code: grpc.StatusCode, failure: errors.GatewayError | None) -> None:
+def _finish(record: calls.CallRecord, code: grpc.StatusCode, failure: errors.GatewayError | None) -> None:
     elapsed = record.elapsed()
     metrics = record.metrics
     if metrics is not None:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from zstack_gateway.metrics import Metrics
+from zstack_gateway.telemetry.metrics import Metrics
 from zstack_gateway.upstream import ZStackClient
 
 log = logging.getLogger("zstack_gateway.readiness")

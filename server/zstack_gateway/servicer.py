@@ -19,8 +19,8 @@ import grpc
 from zstack.v1 import vm_instance_service_pb2 as svc
 
 from zstack_gateway import validation
+from zstack_gateway.auth import CallerAuth
 from zstack_gateway.coalesce import Coalescer
-from zstack_gateway.credentials import CallerAuth
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.stream import Chunk, ImageStream
 from zstack_gateway.upstream import ZStackClient

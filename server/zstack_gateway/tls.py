@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from zstack_gateway.config import Config
+from zstack_gateway.settings import Config
 
 log = logging.getLogger("zstack_gateway.tls")
 

@@ -24,14 +24,14 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from yarl import URL
 
-from zstack_gateway import errors, observe
+from zstack_gateway import errors, transport
+from zstack_gateway.auth import CallerAuth, Credentials, is_invalid_session
 from zstack_gateway.budget import Account, MemoryBudget
-from zstack_gateway.credentials import CallerAuth, Credentials, is_invalid_session
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
+from zstack_gateway.telemetry import calls
 from zstack_gateway.validation import CandidateIsoQuery
 
-USER_AGENT = "zstack-grpc-gateway/0.1"
 #: Error bodies larger than this are read in a worker thread (see _get_json).
 OFF_LOOP_ERROR_BYTES = 1024 * 1024
 
@@ -130,7 +130,7 @@ class ZStackClient:
             # Proxy variables of the gateway's environment must not redirect ZStack traffic, and
             # reading them costs time on every call.
             trust_env=False,
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": transport.USER_AGENT},
             # Cookies from ZStack (none expected) must never travel from one caller to another.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
@@ -236,11 +236,11 @@ class ZStackClient:
                     del self._shares[identity]
 
     async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
-        """One HTTP request; its outcome is recorded on the call (observe) whatever it is."""
+        """One HTTP request; its outcome is recorded on the call (telemetry.calls) whatever it is."""
         started = time.monotonic()
         status: int | None = None
         zstack_code: str | None = None
-        metrics = observe.current_metrics()
+        metrics = calls.current_metrics()
         if metrics is not None:
             metrics.upstream_in_flight.inc()
         try:
@@ -261,13 +261,13 @@ class ZStackClient:
         finally:
             if metrics is not None:
                 metrics.upstream_in_flight.dec()
-            observe.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
+            calls.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
         return reply
 
     async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, Reply]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
-        headers = {**headers, **observe.upstream_headers(), "Accept": "application/json"}
+        headers = {**headers, **calls.upstream_headers(), "Accept": "application/json"}
         if deadline.from_caller:
             # Tell ZStack the caller's deadline, so it gives up on its side too. A ZStack timeout
             # (SYS.1001) then means the caller's deadline ran out.
@@ -275,41 +275,11 @@ class ZStackClient:
         budget = deadline.remaining()
         try:
             async with asyncio.timeout(budget):
-                async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                    return resp.status, await self._read_body(resp)
-        except TimeoutError:
-            raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            # Retrying cannot fix a certificate: fail at once and say what to check.
-            raise errors.unavailable(
-                f"TLS verification of {url.host}:{url.port} failed ({exc.certificate_error}); "
-                "check --zstack-ca-file",
-                retryable=False,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or type(exc.os_error).__name__
-            raise errors.unavailable(
-                f"cannot connect to {url.host}:{url.port}: {reason}", retryable=True
-            ) from None
-        except aiohttp.ServerDisconnectedError:
-            # Nothing of an answer arrived: ZStack (or an idle pooled connection) closed first.
-            raise errors.unavailable(
-                "ZStack closed the connection before answering", retryable=True
-            ) from None
-        except aiohttp.ClientPayloadError:
-            raise errors.unavailable(
-                "the connection broke while reading the answer", retryable=False
-            ) from None
-        except aiohttp.ClientResponseError as exc:
-            raise errors.unavailable(
-                f"ZStack sent a malformed HTTP answer ({exc.message})", retryable=False
-            ) from None
-        except aiohttp.ClientOSError as exc:
-            raise errors.unavailable(
-                f"the connection failed: {exc.strerror or type(exc).__name__}", retryable=False
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise errors.unavailable(f"HTTP failure ({type(exc).__name__})", retryable=False) from None
+                with transport.mapped_errors(url):
+                    async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                        return resp.status, await self._read_body(resp)
+        except TimeoutError as exc:
+            raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from exc
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> Reply:
         """The whole body, at most the cap, charged to the memory budget piece by piece as it arrives.

@@ -81,33 +81,6 @@ def _check_tags(name: str, tags: Sequence[str]) -> Iterable[tuple[str, str]]:
             yield f"{name}[{i}]", "must not contain control characters (newlines, tabs, NUL ...)"
 
 
-def session_authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The ``Authorization`` header value to send to ZStack, from the caller's ``authorization``
-    metadata (``OAuth <session-uuid>``). Raises UNAUTHENTICATED when it is missing or malformed."""
-    values = [v for k, v in (metadata or ()) if k == "authorization"]
-    if not values:
-        raise errors.unauthenticated(
-            "no credentials: send metadata 'authorization: OAuth <session-uuid>' "
-            "(a ZStack session from PUT /zstack/v1/accounts/login)"
-        )
-    if len(values) > 1:
-        raise errors.unauthenticated("send exactly one 'authorization' metadata entry")
-    value = values[0]
-    if isinstance(value, bytes):
-        raise errors.unauthenticated("'authorization' metadata must be text, not binary")
-    scheme, _, token = value.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "oauth":
-        raise errors.unauthenticated(
-            "'authorization' must be 'OAuth <session-uuid>'; other schemes are not accepted"
-        )
-    if not _SESSION.fullmatch(token):
-        raise errors.unauthenticated(
-            "'authorization' must be 'OAuth <session-uuid>': the session is missing or malformed"
-        )
-    return f"OAuth {token}"
-
-
 def _describe(value: str, limit: int = 48) -> str:
     """A safe, short description of a bad value for an error message."""
     shown = value if len(value) <= limit else value[:limit] + "..."

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from zstack_gateway.config import Config
+from zstack_gateway.settings import Config
 
 
 def run(config: Config, serve: Callable[[Config], int]) -> int:

@@ -90,13 +90,16 @@ export const VmInstanceService: GenService<{
    *
    * The list comes as a stream of chunks: concatenating the `inventories` of every message gives
    * ZStack's list exactly, in ZStack's order. Chunking: the first message holds at most 16 images, so
-   * the first image arrives early; later messages hold up to 512 images, fewer when images are large,
-   * so that a message stays near 1 MiB. An empty list is one message with no images. A VM that is
-   * neither Running nor Stopped has no candidates (ZStack answers with an empty list, not an error).
+   * the first image arrives early; later messages hold up to 512 images, and every message is at most
+   * 1 MiB (1,048,576 bytes) serialized, well within a client's default 4 MiB limit. An empty list is
+   * one message with no images. A VM that is neither Running nor Stopped has no candidates (ZStack
+   * answers with an empty list, not an error).
    *
    * Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
-   * answer cannot be read, the stream ends with INTERNAL naming the field, possibly after earlier
-   * chunks: as for any stream, only a stream that ends with OK carries the whole list.
+   * answer cannot be read, the stream ends with INTERNAL naming the field, after the images before it;
+   * an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
+   * reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
+   * with OK carries the whole list.
    *
    * @generated from rpc zstack.v1.VmInstanceService.GetCandidateIso
    */

@@ -3,7 +3,7 @@
 In account and AccessKey modes the gateway holds ZStack credentials, so anyone who reaches it acts as
 that ZStack account. Callers are then authenticated by mutual TLS (see :mod:`zstack_gateway.tls`),
 by caller tokens (this module), or not at all when the gateway listens on loopback only or the
-operator said ``--allow-anonymous-callers`` (see :func:`zstack_gateway.security.check`).
+operator said ``--allow-anonymous-callers`` (see :func:`zstack_gateway.settings.policy.check`).
 
 The token check applies to the zstack.v1 services only: health and reflection stay open, so load
 balancers and probes work without a token (they reveal nothing of ZStack). Each presented token is
@@ -22,18 +22,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from zstack_gateway import errors, security
-from zstack_gateway.config import Config
+from zstack_gateway import errors
+from zstack_gateway.auth.base import Authorization, Metadata, authorizations
 from zstack_gateway.errors import GatewayError
-from zstack_gateway.secret import Secret
+from zstack_gateway.settings import Config, Secret, policy
 
 log = logging.getLogger("zstack_gateway.callers")
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
-
-Metadata = Sequence[tuple[str, str | bytes]] | None
 
 
 class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -52,10 +50,11 @@ class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     def check(self, metadata: Metadata) -> GatewayError | None:
         """None when the metadata carries a configured token, else the error to send."""
-        presented = [
-            v for k, v in (metadata or ()) if k == "authorization" and isinstance(v, str) and v.strip()
+        bearer = [
+            entry.credentials
+            for entry in authorizations(metadata)
+            if isinstance(entry, Authorization) and entry.scheme == "bearer" and entry.credentials
         ]
-        bearer = [v.strip()[7:].strip() for v in presented if v.strip()[:7].lower() == "bearer "]
         if not bearer:
             return errors.caller_token_refused(
                 errors.Reason.CALLER_TOKEN_MISSING,
@@ -116,10 +115,10 @@ def _copy(problem: GatewayError) -> GatewayError:
 
 def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:
     """The caller-authentication interceptors ``config`` asks for (none, or the token check)."""
-    tokens = security.caller_tokens(config)
+    tokens = config.secrets.caller_tokens
     if not tokens:
-        if config.auth_mode != security.PASSTHROUGH and not config.tls_client_ca:
-            if security.is_loopback(config.listen_host):
+        if config.auth_mode != policy.PASSTHROUGH and not config.tls_client_ca:
+            if policy.is_loopback(config.listen_host):
                 log.info("callers are not authenticated: the gateway listens on loopback only")
             else:
                 log.warning(
@@ -129,7 +128,7 @@ def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:
                     config.auth_mode,
                 )
         return []
-    if not config.tls_cert and not security.is_loopback(config.listen_host):
+    if not config.tls_cert and not policy.is_loopback(config.listen_host):
         log.warning(
             "caller tokens travel in clear text on %s: serve TLS (--tls-cert, --tls-key) so they "
             "cannot be read on the network",

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from zstack_gateway.metrics import Metrics, http_status_label, zstack_code_label
+from zstack_gateway.telemetry.metrics import Metrics, http_status_label, zstack_code_label
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 

@@ -14,12 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from zstack_gateway import security
-from zstack_gateway.secret import NO_SECRET, Secret
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message names the setting and says why."""
+from zstack_gateway.settings import policy, secrets
+from zstack_gateway.settings.errors import ConfigError
+from zstack_gateway.settings.secret import NO_SECRET, Secret
+from zstack_gateway.settings.secrets import Secrets
 
 
 def setting(default: Any, help: str, metavar: str | None = None) -> Any:
@@ -29,7 +27,7 @@ def setting(default: Any, help: str, metavar: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything the gateway needs to run. Build it with :func:`Config.check` to get it checked.
+    """Everything the gateway needs to run. :meth:`check` returns it checked, its secrets read.
 
     Each field is one flag (``--field-name``) and one environment variable (see the module doc).
     """
@@ -112,7 +110,7 @@ class Config:
         "worker i serves them on the metrics port + i",
         "N",
     )
-    # Credentials and transport security (README "Credentials and security"; checks in security.py).
+    # Credentials and transport security (README "Credentials and security"; checks in policy.py).
     # Secret fields have no flag: they come from their environment variable only (or the *_file
     # setting next to them), since command lines are visible to every local user.
     auth_mode: str = setting(
@@ -160,6 +158,16 @@ class Config:
         False, "do not verify the certificate of an https:// --zstack-url (unsafe; for tests only)"
     )
 
+    # Set by check(): the secrets, each read once from its environment variable or file.
+    _secrets: Secrets | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The secrets of a checked configuration (see :meth:`check`)."""
+        if self._secrets is None:
+            raise ConfigError("the configuration was not checked: use Config(...).check()")
+        return self._secrets
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.zstack_tz)
@@ -180,13 +188,16 @@ class Config:
         return self.max_upstream_calls_per_identity
 
     def replace(self, **changes: object) -> Config:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with ``changes``, keeping the secrets already read."""
+        changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        object.__setattr__(changed, "_secrets", self._secrets)
+        return changed
 
     def check(self) -> Config:
         """Return self when every setting can work, else raise ConfigError naming the setting."""
         split_host_port(self.listen)
         if self.metrics_listen:
-            split_host_port(self.metrics_listen)
+            split_host_port(self.metrics_listen, "--metrics-listen")
         if self.log_format not in ("json", "text"):
             raise ConfigError("--log-format must be json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -226,18 +237,24 @@ class Config:
         for name in ("upstream_queue_timeout", "max_connection_age", "keepalive_time", "stream_idle_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-        security.check(self)
-        return self
+        read = secrets.read(self)
+        # The rules that refuse an open door run here, not only in the command line's set-up, so
+        # that every way of starting a gateway (the CLI, a test, an embedding program) gets them.
+        policy.check(self, read)
+        checked = dataclasses.replace(self)
+        object.__setattr__(checked, "_secrets", read)
+        return checked
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check both parts."""
+def split_host_port(value: str, flag: str = "--listen") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) and check both parts; ``flag`` names the
+    setting in the error."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise ConfigError(f"--listen: expected HOST:PORT, got {value!r}")
+        raise ConfigError(f"{flag}: expected HOST:PORT, got {value!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen: port {port} is out of range")
+        raise ConfigError(f"{flag}: port {port} is out of range")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         ipaddress.IPv6Address(host)
