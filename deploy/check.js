@@ -74,12 +74,12 @@ function checkSchemas(docs) {
 }
 
 // The environment variables the gateway reads: one per Config field, ZSTACK_* for the zstack_*
-// fields and GATEWAY_* for the others (server/zstack_gateway/config.py). null without a venv.
+// fields and GATEWAY_* for the others (server/zstack_gateway/settings/config.py). null without a venv.
 function gatewayEnvNames() {
   const python = path.join(ROOT, '.venv', 'bin', 'python');
   if (!fs.existsSync(python)) return null;
-  const code = 'import dataclasses, zstack_gateway.config as c\n' +
-    'for f in dataclasses.fields(c.Config): print(f.name.upper())';
+  const code = 'import dataclasses, zstack_gateway.settings as c\n' +
+    'for f in dataclasses.fields(c.Config):\n    if f.init: print(f.name.upper())';
   const out = spawnSync(python, ['-c', code], { encoding: 'utf8' });
   if (out.status !== 0) throw new Error(`reading the gateway's settings failed: ${out.stderr}`);
   const names = out.stdout.split('\n').filter(Boolean);

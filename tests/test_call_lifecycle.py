@@ -133,18 +133,18 @@ def settle(gw: GatewayThread, timeout: float = 5.0) -> None:
     """Wait until the gateway has no call of its services in flight (or fail the test)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if gw.gateway.interceptor.in_flight == 0 and metric(gw, "zstack_gateway_rpcs_in_flight") == 0:
+        if gw.gateway.drain.in_flight == 0 and metric(gw, "zstack_gateway_rpcs_in_flight") == 0:
             return
         time.sleep(0.02)
     raise AssertionError(
-        f"calls still in flight: {gw.gateway.interceptor.in_flight} "
+        f"calls still in flight: {gw.gateway.drain.in_flight} "
         f"(gauge {metric(gw, 'zstack_gateway_rpcs_in_flight')})"
     )
 
 
 async def wait_idle(gw: GatewayThread) -> None:
     """Until the gateway has no call of its services in flight (polled: it runs on another loop)."""
-    while gw.gateway.interceptor.in_flight:  # noqa: ASYNC110
+    while gw.gateway.drain.in_flight:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
 
@@ -346,7 +346,7 @@ def test_every_call_gets_one_log_line_and_one_count_however_it_ends(
     assert metric(gw, "zstack_gateway_rpcs_in_flight") == 0
     assert call_log.tracebacks == [], [r.getMessage() for r in call_log.tracebacks[:3]]
     # Nothing is left that would hold a SIGTERM drain for its whole grace.
-    assert gw.gateway.interceptor.idle.is_set()
+    assert gw.gateway.drain.idle.is_set()
 
 
 def test_the_logged_outcome_is_what_the_caller_saw(
@@ -420,7 +420,7 @@ def test_a_stream_nobody_reads_is_ended_after_the_idle_timeout(
             result = await read_all(readers[0])
             for call in readers[1:]:
                 call.cancel()
-            return gw.gateway.interceptor.in_flight, result, ended_after
+            return gw.gateway.drain.in_flight, result, ended_after
 
     in_flight, result, ended_after = asyncio.run(main())
     assert in_flight == 0, "the idle streams were not ended"
@@ -550,7 +550,7 @@ def test_callers_arriving_during_the_drain_get_unavailable_never_cancelled(
                 asyncio.ensure_future(read_all(stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)))
                 for _ in range(3)
             ]
-            while gw.gateway.interceptor.in_flight < 3:  # noqa: ASYNC110 (another loop's state)
+            while gw.gateway.drain.in_flight < 3:  # noqa: ASYNC110 (another loop's state)
                 await asyncio.sleep(0.01)
             stopping = asyncio.get_running_loop().run_in_executor(None, gw.stop, 1.5)
             await asyncio.sleep(0.05)

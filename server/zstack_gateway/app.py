@@ -20,11 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 
-from zstack_gateway import auth, descriptors, tls
+from zstack_gateway import auth, descriptors, interceptors, tls
 from zstack_gateway.auth import callers
 from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
-from zstack_gateway.interceptors import GatewayInterceptor
 from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
 from zstack_gateway.servicer import VmInstanceServicer, add_to_server
@@ -40,6 +39,8 @@ SERVICE_NAME = svc.DESCRIPTOR.services_by_name["VmInstanceService"].full_name
 #: probes, which must not restart the gateway during a ZStack outage.
 LIVENESS_NAME = "liveness"
 MiB = 1024 * 1024
+#: Seconds the server is given, once the drain is over, to send what it has queued before it stops.
+FLUSH_GRACE = 0.2
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Gateway:
     port: int
     servicer: VmInstanceServicer
     metrics: Metrics
-    interceptor: GatewayInterceptor
+    drain: interceptors.Drain
     readiness: Readiness | None = None
     metrics_runner: web.AppRunner | None = None
     _hurry: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,14 +73,15 @@ class Gateway:
         if self.readiness is not None:
             await self.readiness.stop()
         await self.health.enter_graceful_shutdown()
-        self.interceptor.draining = True
+        self.drain.draining = True
         grace = self.config.shutdown_grace if grace is None else grace
-        idle = asyncio.ensure_future(self.interceptor.idle.wait())
+        idle = asyncio.ensure_future(self.drain.idle.wait())
         hurried = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait({idle, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         idle.cancel()
         hurried.cancel()
-        await self.server.stop(0)
+        # A moment for the last statuses to leave the transport before the connections close.
+        await self.server.stop(0 if self._hurry.is_set() else FLUSH_GRACE)
         await self.client.close()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
@@ -150,10 +152,9 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     undo.push_async_callback(client.close)
     metrics = Metrics()
     metrics.held_bytes.set_function(lambda: budget.held)
-    interceptor = GatewayInterceptor(metrics, stream_idle_timeout=config.stream_idle_timeout)
+    drain = interceptors.Drain()
     server = grpc.aio.server(
-        # The caller check comes after the status interceptor, which turns its refusals into statuses.
-        interceptors=[interceptor, *callers.interceptors(config)],
+        interceptors=interceptors.chain(drain, metrics, *callers.interceptors(config)),
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -163,7 +164,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         default_timeout=config.default_timeout,
         coalescer=Coalescer(enabled=config.coalesce),
     )
-    add_to_server(servicer, server)
+    add_to_server(servicer, server, idle_timeout=config.stream_idle_timeout)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -182,7 +183,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         )
     await server.start()
     undo.push_async_callback(server.stop, 0)
-    gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics, interceptor)
+    gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics, drain)
     await health_servicer.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_listen:
         host, metrics_port = split_host_port(config.metrics_listen)

@@ -1,24 +1,27 @@
-"""The RPC boundary of the zstack.v1 services: the one place where exceptions become statuses,
-and where each call gets its request id, its metrics and its log line.
+"""The RPC boundary of the zstack.v1 services: interceptors that serve any RPC, unary or streaming.
 
-Handlers raise; this interceptor catches what they raise and aborts the call with the rich status
-that :mod:`zstack_gateway.errors` builds. An exception nobody expected is logged with its traceback
-and reaches the caller as a plain INTERNAL: its text may hold internals.
+Three interceptors, in this order (outermost first; :func:`chain` is the one place that sets it):
 
-The interceptor runs every wrapped call itself, as one coroutine in grpc's task for that call:
+1. :class:`TelemetryInterceptor` opens the call's :class:`~zstack_gateway.telemetry.calls.CallRecord`,
+   sends its request id in the initial metadata, keeps the in-flight count the shutdown drain waits
+   on (:class:`Drain`), and when the call is over writes its one log line and its metrics, with the
+   outcome the status interceptor recorded.
+2. :class:`StatusInterceptor` is the one place where exceptions become statuses: whatever the rest
+   of the call raises is classified by :mod:`zstack_gateway.errors` and sent as the rich status
+   :mod:`zstack_gateway.status` builds. It also refuses requests that are not valid protobuf
+   (INVALID_ARGUMENT) and new calls while the gateway drains (UNAVAILABLE).
+3. The caller-token check (:mod:`zstack_gateway.auth.callers`), when caller tokens are configured.
 
-* it drives the handler's stream and writes each message (``context.write``), so it sees a caller
-  that stops reading: a write that makes no progress for ``stream_idle_timeout`` seconds ends the
-  call with RESOURCE_EXHAUSTED ``STREAM_IDLE_TIMEOUT`` and frees what the call held;
-* every call, however it ends (finished, failed, cancelled by the caller, out of time, refused as
-  undecodable), gets exactly one log line, one ``rpcs_total`` count with the outcome the caller saw,
-  and leaves the in-flight gauge as it found it; all of it happens in that one task, so the call's
-  context (its :class:`~zstack_gateway.calls.CallRecord`) is set and reset in the same place;
-* a call that grpc has already ended (the caller's deadline passed, or the caller went away) gets no
-  second status: sending one for a call grpc finished makes grpc fail inside and log a traceback;
-* a request that is not valid protobuf reaches no handler: it is refused with INVALID_ARGUMENT
-  (the wrapped request deserializer hands over the decoding error instead of raising it inside
-  grpc, which would answer UNKNOWN with the exception's text).
+Each is a :class:`CallInterceptor`: it wraps unary-unary and unary-stream handlers alike, around a
+``proceed`` that runs the rest of the call, so a new RPC gets status mapping, logs, metrics and the
+drain without a line of its own. The handlers they wrap are coroutines (a streaming servicer method
+writes its messages itself: see :mod:`zstack_gateway.writer`), so every call runs as one coroutine
+in grpc's task for it: its bookkeeping cannot be skipped, nor run in another context.
+
+Statuses: a call that grpc has already ended (the caller's deadline passed, or the caller went away)
+gets no second status, since sending one for a call grpc finished makes it fail inside and log a
+traceback; and the final status is handed to grpc without waiting for the caller to read it (a
+caller that reads nothing cannot hold the call).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
@@ -37,17 +41,32 @@ from zstack_gateway.telemetry.metrics import Metrics
 log = logging.getLogger("zstack_gateway.rpc")
 
 LOG_ERROR_CHARS = 500
-#: A caller's reset this close to its deadline is taken for the deadline (see _ended_code).
+#: A caller's reset this close to its deadline is taken for the deadline (see ended_code).
 DEADLINE_MARGIN = 0.05
+#: The services whose calls the interceptors wrap (health and reflection are left alone).
+PREFIX = "/zstack.v1."
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
+#: Runs the rest of the call: the next interceptor, then the handler. Returns the unary response
+#: (None for a stream, whose messages the handler writes itself).
+Proceed: TypeAlias = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """What an interceptor knows of one call."""
+
+    method: str
+    request: Any
+    context: Any  # grpc.aio.ServicerContext
+
 
 class UndecodableRequest:
-    """What the wrapped request deserializer returns for bytes that are not the request message."""
+    """What the request deserializer gives for bytes that are not the request message."""
 
     __slots__ = ("problem",)
 
@@ -55,41 +74,19 @@ class UndecodableRequest:
         self.problem = problem
 
 
-def tolerant_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    """``deserializer``, returning an :class:`UndecodableRequest` instead of raising."""
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the unary-unary and unary-stream handlers of the methods under ``prefix``: each call runs
+    :meth:`handle` with a ``proceed`` that runs the rest. Subclasses implement :meth:`handle`."""
 
-    def deserialize(raw: bytes) -> Any:
-        if deserializer is None:
-            return raw
-        try:
-            return deserializer(raw)
-        except Exception as exc:  # DecodeError, and whatever a broken input makes the parser raise
-            return UndecodableRequest(f"{type(exc).__name__}: {str(exc)[:200]}")
-
-    return deserialize
-
-
-class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the handlers of every method under ``prefix`` (default: the zstack.v1 package)."""
-
-    def __init__(
-        self,
-        metrics: Metrics | None = None,
-        prefix: str = "/zstack.v1.",
-        *,
-        stream_idle_timeout: float = 0.0,
-    ) -> None:
+    def __init__(self, prefix: str = PREFIX) -> None:
         self._prefix = prefix
-        self._metrics = metrics
-        self._idle_timeout = stream_idle_timeout
-        #: Calls of the wrapped services in progress (health watches and reflection not counted).
-        self.in_flight = 0
-        #: Set while no wrapped call is in flight and no final status is still on its way.
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self._sending: set[asyncio.Future[Any]] = set()
-        #: Set at shutdown: new calls are refused with UNAVAILABLE while in-flight ones finish.
-        self.draining = False
+
+    async def handle(self, call: Call, proceed: Proceed) -> Any:
+        raise NotImplementedError
+
+    def request_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Any:
+        """The request deserializer to use instead of ``deserializer`` (the same one by default)."""
+        return deserializer
 
     async def intercept_service(
         self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -100,192 +97,106 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             return handler
         # grpc's method handlers are namedtuples: replace the behaviour, keep the serializer.
         dynamic: Any = handler
-        deserializer = tolerant_deserializer(dynamic.request_deserializer)
+        deserializer = self.request_deserializer(dynamic.request_deserializer)
         if dynamic.unary_stream is not None:
             return dynamic._replace(  # type: ignore[no-any-return]
-                unary_stream=self._wrap_stream(dynamic.unary_stream, method),
-                request_deserializer=deserializer,
+                unary_stream=self._wrap(dynamic.unary_stream, method), request_deserializer=deserializer
             )
         if dynamic.unary_unary is not None:
             return dynamic._replace(  # type: ignore[no-any-return]
-                unary_unary=self._wrap_unary(dynamic.unary_unary, method),
-                request_deserializer=deserializer,
+                unary_unary=self._wrap(dynamic.unary_unary, method), request_deserializer=deserializer
             )
-        return handler
+        return handler  # streaming requests: zstack.v1 has none
 
-    def _wrap_stream(self, behaviour: Any, method: str) -> Callable[[Any, _Context], Awaitable[None]]:
-        async def serve_stream(request: Any, context: _Context) -> None:
-            async def body(record: calls.CallRecord) -> None:
-                stream = behaviour(request, context)
-                try:
-                    async for message in stream:
-                        images = getattr(message, "images", None)
-                        record.images += (
-                            images if images is not None else len(getattr(message, "inventories", ()))
-                        )
-                        await self._write(context, message)
-                finally:
-                    await stream.aclose()
+    def _wrap(self, behaviour: Callable[[Any, _Context], Awaitable[Any]], method: str) -> Any:
+        async def serve(request: Any, context: _Context) -> Any:
+            return await self.handle(Call(method, request, context), lambda: behaviour(request, context))
 
-            await self._serve(method, request, context, body)
+        return serve
 
-        return serve_stream
 
-    def _wrap_unary(self, behaviour: Any, method: str) -> Callable[[Any, _Context], Awaitable[Any]]:
-        async def serve_unary(request: Any, context: _Context) -> Any:
-            result: list[Any] = []
+# ---------------------------------------------------------------------------------------------
+# Telemetry and the drain
 
-            async def body(record: calls.CallRecord) -> None:
-                result.append(await behaviour(request, context))
 
-            await self._serve(method, request, context, body)
-            return result[0]
+@dataclass
+class Drain:
+    """The calls in flight, for a shutdown that lets them finish while it refuses new ones."""
 
-        return serve_unary
+    #: Calls of the wrapped services that grpc is not done with (health watches and reflection not
+    #: counted).
+    in_flight: int = 0
+    #: Set at shutdown: new calls are refused with UNAVAILABLE while in-flight ones finish.
+    draining: bool = False
+    #: Set while no call is in flight and no final status is still on its way to grpc.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _sending: set[asyncio.Future[Any]] = field(default_factory=set)
 
-    async def _serve(
-        self,
-        method: str,
-        request: Any,
-        context: _Context,
-        body: Callable[[calls.CallRecord], Awaitable[None]],
-    ) -> None:
-        metadata = context.invocation_metadata()
-        record = calls.CallRecord(
-            method=method,
-            request_id=calls.request_id_from(metadata),
-            traceparent=calls.traceparent_from(metadata),
-            metrics=self._metrics,
-            vm_instance_uuid=getattr(request, "vm_instance_uuid", None) or None,
-        )
-        token = calls.current.set(record)
-        self._opened()
-        code = grpc.StatusCode.OK
-        failure: errors.GatewayError | None = None
-        try:
-            if self.draining:
-                raise errors.shutting_down()
-            if isinstance(request, UndecodableRequest):
-                raise errors.invalid_argument(
-                    [("request", f"the request is not a valid {method} request message: {request.problem}")]
-                )
-            await context.send_initial_metadata((("x-request-id", record.request_id),))
-            await body(record)
-        except asyncio.CancelledError:
-            code = _ended_code(context)
-            raise
-        except Exception as exc:
-            failure = errors.from_exception(exc)
-            code = failure.code
-            if not isinstance(exc, errors.GatewayError):
-                log.error(
-                    "unexpected error in %s", method, exc_info=exc, extra={"request_id": record.request_id}
-                )
-            ended = _already_ended(context)
-            if ended is not None:
-                # grpc ended the call on its own (the caller's deadline passed): it has sent, or is
-                # sending, the status; a second one would fail inside grpc. Leave quietly.
-                code = ended
-                raise asyncio.CancelledError from None
-            await self._send_status(context, status.to_grpc_status(failure))
-        finally:
-            calls.current.reset(token)
-            # Logged and counted before it stops counting as in flight: whoever sees the gateway idle
-            # (a drain, a test) sees every call's line and count.
-            _finish(record, code, failure)
-            self._closed()
+    def __post_init__(self) -> None:
+        self.idle.set()
 
-    async def _write(self, context: _Context, message: Any) -> None:
-        """Write one message; a caller that reads nothing for the idle timeout ends the call.
-
-        A write fails only when the call is over (the caller went away, or the server stops): the
-        call then leaves as a cancelled one, with no status of its own (grpc has ended it)."""
-        try:
-            if self._idle_timeout <= 0:
-                await context.write(message)
-                return
-            write = asyncio.ensure_future(context.write(message))
-            # When this call leaves before the write ends (cancelled, or idle), the write stays
-            # pending inside grpc and fails once the call is over: its outcome no longer matters.
-            write.add_done_callback(_retrieve)
-            done, _ = await asyncio.wait((write,), timeout=self._idle_timeout)
-            if not done:
-                raise errors.stream_idle(self._idle_timeout)
-            write.result()
-        except (errors.GatewayError, asyncio.CancelledError):
-            raise
-        except Exception:  # grpc's ExecuteBatchError, UsageError ("RPC already finished"), ...
-            raise asyncio.CancelledError from None
-
-    async def _send_status(self, context: _Context, status: grpc.Status) -> NoReturn:
-        """Hand the call's final status to grpc, then leave without waiting for the caller to take it.
-
-        grpc's ``abort`` waits until the status is on its way, which is never for a caller that
-        reads nothing (the status queues behind the messages it has not read). The abort runs in a
-        task of its own; its first step hands the status to grpc core before this call goes on, and
-        whatever it ends with later is of no further use. The handler then leaves as grpc expects of
-        a call whose status is already sent. Until the status is out, the gateway does not count as
-        idle: a shutdown that stopped the server earlier would cut the status off (CANCELLED).
-        """
-        sending = asyncio.ensure_future(context.abort_with_status(status))
-        self._sending.add(sending)
-        self.idle.clear()
-        sending.add_done_callback(self._sent)
-        await asyncio.sleep(0)  # one loop turn: the task's first step runs and starts grpc's batch
-        raise asyncio.CancelledError
-
-    def _sent(self, sending: asyncio.Future[Any]) -> None:
-        _retrieve(sending)
-        self._sending.discard(sending)
-        self._check_idle()
-
-    def _opened(self) -> None:
+    def opened(self) -> None:
         self.in_flight += 1
         self.idle.clear()
-        if self._metrics is not None:
-            self._metrics.rpcs_in_flight.inc()
 
-    def _closed(self) -> None:
+    def done(self, _context: object = None) -> None:
+        """A call is over for grpc too (its final status went out, or the call was cut off)."""
         self.in_flight -= 1
-        self._check_idle()
-        if self._metrics is not None:
-            self._metrics.rpcs_in_flight.dec()
+        self._check()
 
-    def _check_idle(self) -> None:
+    def sending(self, task: asyncio.Future[Any]) -> None:
+        """A final status on its way: a shutdown that stopped the server now would cut it off."""
+        self._sending.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Future[Any]) -> None:
+        self._sending.discard(task)
+        self._check()
+
+    def _check(self) -> None:
         if self.in_flight == 0 and not self._sending:
             self.idle.set()
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+class TelemetryInterceptor(CallInterceptor):
+    """The call's record, request id, drain count, log line and metrics."""
+
+    def __init__(self, drain: Drain, metrics: Metrics | None = None, prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self._drain = drain
+        self._metrics = metrics
+
+    async def handle(self, call: Call, proceed: Proceed) -> Any:
+        metadata = call.context.invocation_metadata()
+        record = calls.CallRecord(
+            method=call.method,
+            request_id=calls.request_id_from(metadata),
+            traceparent=calls.traceparent_from(metadata),
+            metrics=self._metrics,
+            vm_instance_uuid=getattr(call.request, "vm_instance_uuid", None) or None,
+        )
+        token = calls.current.set(record)
+        self._drain.opened()
+        # The drain counts the call until grpc is done with it, final status sent: a server stopped
+        # between the handler's end and that status would cut the status off.
+        call.context.add_done_callback(self._drain.done)
+        if self._metrics is not None:
+            self._metrics.rpcs_in_flight.inc()
+        try:
+            await call.context.send_initial_metadata((("x-request-id", record.request_id),))
+            return await proceed()
+        finally:
+            calls.current.reset(token)
+            # Logged and counted before it stops counting as in flight: whoever sees the gateway
+            # idle (a drain, a test) sees every call's line and count.
+            _finish(record)
+            if self._metrics is not None:
+                self._metrics.rpcs_in_flight.dec()
 
 
-def _already_ended(context: _Context) -> grpc.StatusCode | None:
-    """The outcome grpc gave a call it has already ended by itself, else None."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if context.done():
-        return grpc.StatusCode.CANCELLED
-    return None
-
-
-def _ended_code(context: _Context) -> grpc.StatusCode:
-    """What the caller saw of a call whose task grpc cancelled: its deadline, or its own cancel.
-
-    The caller's grpc ends a call at its deadline by resetting the stream, a little before the
-    gateway's copy of that deadline passes (the copy starts when the request arrives): a reset that
-    comes within :data:`DEADLINE_MARGIN` of the deadline is the caller running out of time. Measured
-    here, such resets arrive under 10 ms before the gateway's copy passes, under CPU contention too.
-    """
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= DEADLINE_MARGIN:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
-
-
-def _finish(record: calls.CallRecord, code: grpc.StatusCode, failure: errors.GatewayError | None) -> None:
+def _finish(record: calls.CallRecord) -> None:
+    code, failure = record.code, record.failure
     elapsed = record.elapsed()
     metrics = record.metrics
     if metrics is not None:
@@ -296,8 +207,8 @@ def _finish(record: calls.CallRecord, code: grpc.StatusCode, failure: errors.Gat
         if record.coalesced:
             metrics.coalesced.inc()
     zstack_code = failure.zstack_code if failure is not None else record.zstack_code
-    # ERROR is kept for the gateway's own faults (logged above with their traceback); a failed call
-    # is the caller's or ZStack's business, so it is a WARNING.
+    # ERROR is kept for the gateway's own faults (logged with their traceback); a failed call is the
+    # caller's or ZStack's business, so it is a WARNING.
     level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING
     log.log(
         level,
@@ -321,3 +232,115 @@ def _finish(record: calls.CallRecord, code: grpc.StatusCode, failure: errors.Gat
             "error": failure.message[:LOG_ERROR_CHARS] if failure is not None else None,
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions -> statuses
+
+
+class StatusInterceptor(CallInterceptor):
+    """The one place where exceptions become statuses; the outcome goes on the call's record."""
+
+    def __init__(self, drain: Drain, prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self._drain = drain
+
+    def request_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Any:
+        """Hands a decoding failure to :meth:`handle` (INVALID_ARGUMENT) instead of raising it inside
+        grpc, which would answer UNKNOWN with the exception's text and log a traceback."""
+
+        def deserialize(raw: bytes) -> Any:
+            if deserializer is None:
+                return raw
+            try:
+                return deserializer(raw)
+            except Exception as exc:  # DecodeError, and whatever a broken input makes the parser raise
+                return UndecodableRequest(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        return deserialize
+
+    async def handle(self, call: Call, proceed: Proceed) -> Any:
+        record = calls.current.get()
+        try:
+            if self._drain.draining:
+                raise errors.shutting_down()
+            if isinstance(call.request, UndecodableRequest):
+                raise errors.invalid_argument(
+                    [("request", f"the request is not a valid {call.method} message: {call.request.problem}")]
+                )
+            return await proceed()
+        except asyncio.CancelledError:
+            _record(record, ended_code(call.context), None)
+            raise
+        except Exception as exc:
+            failure = errors.from_exception(exc)
+            if not isinstance(exc, errors.GatewayError):
+                extra = {"request_id": record.request_id} if record is not None else {}
+                log.error("unexpected error in %s", call.method, exc_info=exc, extra=extra)
+            ended = already_ended(call.context)
+            if ended is not None:
+                # grpc ended the call on its own (the caller's deadline passed): it has sent, or is
+                # sending, the status; a second one would fail inside grpc. Leave quietly.
+                _record(record, ended, None)
+                raise asyncio.CancelledError from None
+            _record(record, failure.code, failure)
+            await self._send(call.context, status.to_grpc_status(failure))
+
+    async def _send(self, context: _Context, sent: grpc.Status) -> NoReturn:
+        """Hand the call's final status to grpc, then leave without waiting for the caller to take it.
+
+        grpc's ``abort`` waits until the status is on its way, which is never for a caller that
+        reads nothing (the status queues behind the messages it has not read). The abort runs in a
+        task of its own; its first step hands the status to grpc core before this call goes on, and
+        whatever it ends with later is of no further use. The handler then leaves as grpc expects of
+        a call whose status is already sent. The drain waits for the status to be out.
+        """
+        sending = asyncio.ensure_future(context.abort_with_status(sent))
+        sending.add_done_callback(retrieve)
+        self._drain.sending(sending)
+        await asyncio.sleep(0)  # one loop turn: the task's first step runs and starts grpc's batch
+        raise asyncio.CancelledError
+
+
+def _record(
+    record: calls.CallRecord | None, code: grpc.StatusCode, failure: errors.GatewayError | None
+) -> None:
+    if record is not None:
+        record.code, record.failure = code, failure
+
+
+def retrieve(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished task's outcome, so that one nobody waits for is not reported."""
+    if not task.cancelled():
+        task.exception()
+
+
+def already_ended(context: _Context) -> grpc.StatusCode | None:
+    """The outcome grpc gave a call it has already ended by itself, else None."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if context.done():
+        return grpc.StatusCode.CANCELLED
+    return None
+
+
+def ended_code(context: _Context) -> grpc.StatusCode:
+    """What the caller saw of a call whose task grpc cancelled: its deadline, or its own cancel.
+
+    The caller's grpc ends a call at its deadline by resetting the stream, a little before the
+    gateway's copy of that deadline passes (the copy starts when the request arrives): a reset that
+    comes within :data:`DEADLINE_MARGIN` of the deadline is the caller running out of time. Measured
+    here, such resets arrive under 10 ms before the gateway's copy passes, under CPU contention too.
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_MARGIN:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def chain(drain: Drain, metrics: Metrics | None, *inner: grpc.aio.ServerInterceptor) -> list[Any]:
+    """The server's interceptors in their one order: telemetry outermost (it sees every call,
+    refusals included), then status mapping (it turns what the rest raises into statuses), then
+    ``inner`` (the caller-token check), whose refusals it maps."""
+    return [TelemetryInterceptor(drain, metrics), StatusInterceptor(drain), *inner]

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import grpc
 from zstack.v1 import vm_instance_service_pb2 as svc
 
-from zstack_gateway import validation
+from zstack_gateway import validation, writer
 from zstack_gateway.auth import CallerAuth
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.deadline import Deadline
@@ -76,11 +76,12 @@ def serialize_response(message: Chunk | svc.GetCandidateIsoResponse) -> bytes:
     return message.SerializeToString()
 
 
-def add_to_server(servicer: VmInstanceServicer, server: grpc.aio.Server) -> None:
-    """Register the service on ``server`` (instead of the generated add_..._to_server)."""
+def add_to_server(servicer: VmInstanceServicer, server: grpc.aio.Server, *, idle_timeout: float) -> None:
+    """Register the service on ``server`` (instead of the generated add_..._to_server). Streaming
+    methods are served through :mod:`zstack_gateway.writer` (``idle_timeout``: see there)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "GetCandidateIso": grpc.unary_stream_rpc_method_handler(
-            servicer.GetCandidateIso,
+            writer.streaming(servicer.GetCandidateIso, idle_timeout),
             request_deserializer=svc.GetCandidateIsoRequest.FromString,
             response_serializer=serialize_response,
         ),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -25,6 +25,7 @@ import grpc
 from zstack_gateway import errors
 from zstack_gateway.auth.base import Authorization, Metadata, authorizations
 from zstack_gateway.errors import GatewayError
+from zstack_gateway.interceptors import Call, CallInterceptor, Proceed
 from zstack_gateway.settings import Config, Secret, policy
 
 log = logging.getLogger("zstack_gateway.callers")
@@ -34,19 +35,19 @@ if TYPE_CHECKING:
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
 
 
-class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
+class CallerTokenInterceptor(CallInterceptor):
     """Refuses calls to methods under ``prefix`` that carry no valid caller token.
 
-    A refused call's handler raises an UNAUTHENTICATED GatewayError; put this interceptor *after*
-    the gateway's status interceptor in the server's list, so that interceptor turns it into a
-    status (with its ErrorInfo), logs and counts it like any other failure.
+    A refused call raises an UNAUTHENTICATED GatewayError; :func:`zstack_gateway.interceptors.chain`
+    puts this interceptor inside the status interceptor, which turns it into a status (with its
+    ErrorInfo), and the telemetry interceptor logs and counts it like any other failure.
     """
 
     def __init__(self, tokens: Sequence[Secret], prefix: str = "/zstack.v1.") -> None:
         if not tokens:
             raise ValueError("CallerTokenInterceptor needs at least one token")
+        super().__init__(prefix)
         self._digests = [hashlib.sha256(t.reveal().encode()).digest() for t in tokens]
-        self._prefix = prefix
 
     def check(self, metadata: Metadata) -> GatewayError | None:
         """None when the metadata carries a configured token, else the error to send."""
@@ -74,43 +75,11 @@ class CallerTokenInterceptor(grpc.aio.ServerInterceptor):
             )
         return None
 
-    async def intercept_service(
-        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
-            return handler
-        problem = self.check(handler_call_details.invocation_metadata)
-        if problem is None:
-            return handler
-        dynamic: Any = handler
-        if dynamic.unary_stream is not None:
-            return dynamic._replace(unary_stream=_refuse_stream(problem))  # type: ignore[no-any-return]
-        if dynamic.unary_unary is not None:
-            return dynamic._replace(unary_unary=_refuse_unary(problem))  # type: ignore[no-any-return]
-        return None  # a streaming-request method: none exists in zstack.v1; refuse by UNIMPLEMENTED
-
-
-def _refuse_stream(problem: GatewayError) -> Callable[..., AsyncIterator[Any]]:
-    async def refused(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        nothing: tuple[Any, ...] = ()
-        for message in nothing:  # an async generator, like the handler it replaces
-            yield message
-        raise _copy(problem)
-
-    return refused
-
-
-def _refuse_unary(problem: GatewayError) -> Callable[..., Awaitable[Any]]:
-    async def refused(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        raise _copy(problem)
-
-    return refused
-
-
-def _copy(problem: GatewayError) -> GatewayError:
-    return GatewayError(problem.code, problem.message, problem.reason, problem.error_code)
+    async def handle(self, call: Call, proceed: Proceed) -> Any:
+        problem = self.check(call.context.invocation_metadata())
+        if problem is not None:
+            raise problem
+        return await proceed()
 
 
 def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:

@@ -1,7 +1,8 @@
 """What one call did, collected along the data path for its log line and metrics.
 
-The interceptor opens a :class:`CallRecord` per RPC in a context variable; the upstream client and
-the servicer fill it in (HTTP status, ZStack code, durations, images). Tasks started during the call
+The telemetry interceptor opens a :class:`CallRecord` per RPC in a context variable; the upstream
+client, the stream writer and the status interceptor fill it in (HTTP status, ZStack code,
+durations, images, the outcome). Tasks started during the call
 (a coalesced upstream request) inherit it, so a shared request is logged once, with the request id
 of the call that started it.
 """
@@ -14,6 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import grpc
+
+from zstack_gateway.errors import GatewayError
 from zstack_gateway.telemetry.metrics import Metrics, http_status_label, zstack_code_label
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -33,6 +37,9 @@ class CallRecord:
     upstream_requests: int = 0
     images: int = 0
     coalesced: bool = False
+    #: What the caller saw, set where statuses are decided (interceptors.StatusInterceptor).
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    failure: GatewayError | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
