@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from zstack_gateway.deadline import Deadline
@@ -23,17 +23,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``max_attempts`` counts the first try: 1 means never retry."""
+    """``max_attempts`` counts the first try: 1 means never retry. ``rng``: the source of the jitter
+    (the ``random`` module's by default; a seeded one makes the pauses repeatable)."""
 
     max_attempts: int = 3
     initial_backoff: float = 0.05
     max_backoff: float = 1.0
     multiplier: float = 2.0
+    rng: random.Random | None = field(default=None, compare=False, repr=False)
 
-    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
+    def backoff(self, retry_number: int) -> float:
         """Full jitter: uniform between 0 and the capped exponential step for this retry (1-based)."""
         cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry_number - 1))
-        return (rng or random).uniform(0.0, cap)
+        return (self.rng or random).uniform(0.0, cap)
 
     async def run(self, attempt: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
         """Run ``attempt`` until it succeeds, fails for good, or retrying would pass the deadline."""

@@ -102,6 +102,7 @@ class ZStackClient:
         self._shares: dict[str, _Share] = {}
         self._queue_timeout = queue_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._owns_session = True
 
     @property
     def base_url(self) -> str:
@@ -121,9 +122,17 @@ class ZStackClient:
         """Identities with a call that holds or waits for a slot of their share (0 without shares)."""
         return len(self._shares)
 
-    async def start(self, ssl_context: ssl.SSLContext | bool = True) -> None:
+    async def start(
+        self, ssl_context: ssl.SSLContext | bool = True, *, session: aiohttp.ClientSession | None = None
+    ) -> None:
         """``ssl_context``: how an https:// ZStack is verified (see tls.zstack_ssl_context); True is
-        aiohttp's default, the system's CA store."""
+        aiohttp's default, the system's CA store. ``session``: an HTTP session to use instead of the
+        client's own (a test's, or one an embedding program shares); the client then leaves it open
+        at :meth:`close`."""
+        if session is not None:
+            self._session, self._owns_session = session, False
+            return
+        self._owns_session = True
         connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300, ssl=ssl_context)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -137,9 +146,9 @@ class ZStackClient:
 
     async def close(self) -> None:
         await self._credentials.close()
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             await self._session.close()
-            self._session = None
+        self._session = None
 
     def iso_candidates_path(self, query: CandidateIsoQuery) -> str:
         """ZStack's API path for the query, without the /zstack context and without the query string."""

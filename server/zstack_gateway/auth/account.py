@@ -72,7 +72,9 @@ class AccountLogin:
         login_timeout: float = 10.0,
         rejection_backoff: float = 5.0,
         max_rejection_backoff: float = 60.0,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
+        """``http``: an HTTP session to log in with instead of one of its own (left open at close)."""
         self._base = base_url.rstrip("/")
         self._account = account
         self._password_hash = Secret(hashlib.sha512(password.reveal().encode("utf-8")).hexdigest())
@@ -86,7 +88,8 @@ class AccountLogin:
         self._login_task: asyncio.Task[str] | None = None
         self._failure: GatewayError | None = None
         self._failed_until = 0.0
-        self._http: aiohttp.ClientSession | None = None
+        self._http: aiohttp.ClientSession | None = http
+        self._owns_http = http is None
         self._closed = False
         #: Logins sent to ZStack (successful or not), for tests and metrics.
         self.logins = 0
@@ -135,9 +138,9 @@ class AccountLogin:
             if session is not None:
                 await self._logout(session)
         finally:
-            if self._http is not None:
+            if self._http is not None and self._owns_http:
                 await self._http.close()
-                self._http = None
+            self._http = None
 
     # --- the session ------------------------------------------------------------------------------
 
