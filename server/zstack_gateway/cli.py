@@ -98,24 +98,32 @@ def _from_env(name: str, raw: str, kind: object) -> object:
     return raw
 
 
-def grpcurl_hint(listen: str, session: str | None, vm_uuid: str) -> str:
-    """A grpcurl command that works as printed from the repository (grpcurl from the venv).
-    ``session`` None: no authorization header (the gateway holds its own ZStack credentials)."""
+def grpcurl_hint(listen: str, config: Config, session: str | None, vm_uuid: str) -> str:
+    """A grpcurl command for the active mode, from the repository (grpcurl from the venv).
+
+    ``session`` None: no ZStack session (the gateway holds its own credentials). With caller tokens
+    the command reads the first token from where the gateway did (the token is never printed); with
+    TLS it verifies the gateway's certificate against --tls-cert (works as printed for a
+    self-signed one; give your CA with -cacert otherwise); with mutual TLS it names the client
+    certificate and key the caller must bring."""
     local = Path(sys.executable).with_name("grpcurl")
     exe = os.path.relpath(local) if local.exists() else "grpcurl"
     payload = f'{{"vmInstanceUuid": "{vm_uuid}"}}'
-    auth = ["-H", shlex.quote(f"authorization: OAuth {session}")] if session is not None else []
-    return " ".join(
-        [
-            shlex.quote(exe),
-            "-plaintext",
-            *auth,
-            "-d",
-            shlex.quote(payload),
-            listen,
-            "zstack.v1.VmInstanceService/GetCandidateIso",
-        ]
-    )
+    words = [shlex.quote(exe)]
+    if config.tls_cert:
+        words += ["-cacert", shlex.quote(config.tls_cert)]
+        if config.tls_client_ca:
+            words += ["-cert", "CLIENT.pem", "-key", "CLIENT.key"]
+    else:
+        words.append("-plaintext")
+    if session is not None:
+        words += ["-H", shlex.quote(f"authorization: OAuth {session}")]
+    elif config.caller_tokens_file:
+        words += ["-H", f'"authorization: Bearer $(head -n1 {shlex.quote(config.caller_tokens_file)})"']
+    elif config.caller_tokens:
+        words += ["-H", '"authorization: Bearer ${GATEWAY_CALLER_TOKENS%%,*}"']
+    words += ["-d", shlex.quote(payload), listen, "zstack.v1.VmInstanceService/GetCandidateIso"]
+    return " ".join(words)
 
 
 async def _run(config: Config) -> None:
@@ -144,11 +152,9 @@ async def _run(config: Config) -> None:
 
         session = zstack_sim.DEMO_SESSION_UUID if config.auth_mode == "passthrough" else None
         print("try it:", flush=True)
-        print("  " + grpcurl_hint(address, session, zstack_sim.DEMO_VM_UUID), flush=True)
-        print(
-            "  " + grpcurl_hint(address, session, zstack_sim.DEMO_MISSING_VM_UUID) + "   # a NOT_FOUND error",
-            flush=True,
-        )
+        print("  " + grpcurl_hint(address, config, session, zstack_sim.DEMO_VM_UUID), flush=True)
+        missing = grpcurl_hint(address, config, session, zstack_sim.DEMO_MISSING_VM_UUID)
+        print(f"  {missing}   # a NOT_FOUND error", flush=True)
     try:
         await app.serve_until_signal(gateway)
     finally:
