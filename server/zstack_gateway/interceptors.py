@@ -184,8 +184,15 @@ class TelemetryInterceptor(CallInterceptor):
         if self._metrics is not None:
             self._metrics.rpcs_in_flight.inc()
         try:
-            await call.context.send_initial_metadata((("x-request-id", record.request_id),))
+            try:
+                await call.context.send_initial_metadata((("x-request-id", record.request_id),))
+            except Exception:  # the call is over already: grpc ended it (deadline, caller gone)
+                raise asyncio.CancelledError from None
             return await proceed()
+        except asyncio.CancelledError:
+            if record.code == grpc.StatusCode.OK:  # ended before the status interceptor saw it
+                record.code = ended_code(call.context)
+            raise
         finally:
             calls.current.reset(token)
             # Logged and counted before it stops counting as in flight: whoever sees the gateway
