@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from zstack_gateway import app, workers
 from zstack_gateway.settings import Config, ConfigError, Secret
@@ -36,14 +37,54 @@ def _env_name(flag: str) -> str:
     return name if name.startswith("ZSTACK_") else f"GATEWAY_{name}"
 
 
+EXAMPLES = """examples:
+  zstack-gateway --demo                                   # the embedded simulator, 127.0.0.1:50051
+  zstack-gateway --zstack-url http://mn:8080              # pass-through: callers send their session
+  ZSTACK_PASSWORD=... zstack-gateway --zstack-url http://mn:8080 \\
+      --auth-mode account --zstack-account admin --caller-tokens-file tokens
+"""
+
+_KEY_HINT = "the secret comes from ZSTACK_ACCESS_KEY_SECRET or --access-key-secret-file"
+#: Flags people try that do not exist because they would put a secret on the command line.
+_SECRET_FLAGS = {
+    "--password": "the password comes from ZSTACK_PASSWORD or --password-file, never a flag",
+    "--zstack-password": "the password comes from ZSTACK_PASSWORD or --password-file, never a flag",
+    "--access-key-secret": _KEY_HINT,
+    "--zstack-access-key-secret": _KEY_HINT,
+    "--caller-tokens": "caller tokens come from GATEWAY_CALLER_TOKENS or --caller-tokens-file",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Says where a secret goes when someone tries to pass it as a flag (and never echoes it)."""
+
+    def error(self, message: str) -> NoReturn:
+        for flag, hint in _SECRET_FLAGS.items():
+            if (
+                f"unrecognized arguments: {flag}" in message
+                or f" {flag}=" in message
+                or message.endswith(flag)
+            ):
+                self.exit(
+                    2,
+                    f"{self.prog}: {flag} does not exist: {hint} (command lines are visible to every user)\n",
+                )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per Config field, its help and default taken from the field."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zstack-gateway",
         # No abbreviations: "--password SECRET" must fail, not be read as "--password-file SECRET".
         allow_abbrev=False,
         description="gRPC gateway to ZStack's REST API (zstack.v1.VmInstanceService). "
-        "Every flag can also be set by the environment variable named in its help.",
+        "Every flag can also be set by the environment variable named in its help. Required: "
+        "--zstack-url (or --demo); in account mode --zstack-account and ZSTACK_PASSWORD or "
+        "--password-file; in access-key mode --zstack-access-key-id and ZSTACK_ACCESS_KEY_SECRET or "
+        "--access-key-secret-file.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for f in _settings():
         if isinstance(f.default, Secret):
