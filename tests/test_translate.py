@@ -7,7 +7,7 @@ import json
 import logging
 import pickle
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -430,10 +430,10 @@ DATE_CASES = [
     # New York: summer (EDT, -4) and winter (EST, -5).
     ("Jul 22, 2022 11:54:07 AM", NEW_YORK, "2022-07-22T15:54:07Z"),
     ("Jan 6, 2017, 3:51:16\u202fPM", NEW_YORK, "2017-01-06T20:51:16Z"),
-    # A time that does not exist (spring forward) and one that exists twice (fall back): zoneinfo's
-    # fold=0 takes the offset in force before the change.
+    # A time that does not exist (spring forward) and one that exists twice (fall back): Java reads
+    # both in standard time (EST, -5), as ZStack does.
     ("Mar 13, 2022 2:30:00 AM", NEW_YORK, "2022-03-13T07:30:00Z"),
-    ("Nov 6, 2022 1:30:00 AM", NEW_YORK, "2022-11-06T05:30:00Z"),
+    ("Nov 6, 2022 1:30:00 AM", NEW_YORK, "2022-11-06T06:30:00Z"),
     # Epoch milliseconds: the zone does not matter.
     (1658462047000, SHANGHAI, "2022-07-22T03:54:07Z"),
     (1658462047123, NEW_YORK, "2022-07-22T03:54:07.123Z"),
@@ -808,11 +808,18 @@ def java_format(moment: datetime, java9: bool, space: str) -> str:
     space=st.sampled_from([" ", "\u202f", "\u00a0"]),
 )
 def test_dates_round_trip(moment: datetime, tz: ZoneInfo, java9: bool, space: str) -> None:
-    # A time repeated by a DST change reads with fold=0 (the offset before the change), by design.
+    # What Java's ZStack means by a wall-clock time: its instant by translate.java_offset (standard
+    # time in a gap or a fold, the raw offset before 1901-12-13), checked here independently.
     moment = moment.replace(microsecond=0, fold=0)
     stamp = parse_zstack_date(java_format(moment, java9, space), tz)
     assert stamp is not None
-    assert stamp.seconds == int(moment.replace(tzinfo=tz).timestamp())
+    if moment < datetime(1901, 12, 13, 20, 45, 52):
+        probe = datetime(2000, 1, 1, tzinfo=tz)
+        offset = probe.utcoffset() - (probe.dst() or timedelta(0))  # type: ignore[operator]
+    else:
+        readings = [moment.replace(tzinfo=tz), moment.replace(tzinfo=tz, fold=1)]
+        offset = min(readings, key=lambda r: (r.dst() or timedelta(0), -r.fold)).utcoffset()  # type: ignore[assignment]
+    assert stamp.seconds == int((moment - offset).replace(tzinfo=UTC).timestamp())  # type: ignore[operator]
     assert stamp.nanos == 0
 
 

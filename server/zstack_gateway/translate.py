@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -125,6 +125,41 @@ _date_cache: dict[tuple[str, ZoneInfo], tuple[int, int] | None] = {}
 _NOT_CACHED: Final = (0, -1)  # a sentinel: no reading has negative nanos
 
 
+#: Java's zone tables start at the first moment a 32-bit count of seconds reaches (UTC); before it,
+#: Java gives every time the zone's raw (standard) offset.
+_JAVA_ZONES_START: Final = datetime(1901, 12, 13, 20, 45, 52)
+_raw_offsets: dict[ZoneInfo, timedelta] = {}
+
+
+def java_offset(local: datetime, tz: ZoneInfo) -> timedelta | None:
+    """The UTC offset ZStack's Java runtime gives the wall-clock time ``local`` (naive) in ``tz``.
+
+    Java reads a time that occurs twice (a fall-back fold) or never (a spring-forward gap) in the
+    zone's standard time, where zoneinfo's default (fold=0) takes the offset in force before the
+    change: daylight time in a fold. Before 1901-12-13 Java uses the zone's raw offset, where
+    zoneinfo uses local mean time (Asia/Shanghai: +08:00, not +08:05:43).
+    """
+    if local < _JAVA_ZONES_START:
+        return _raw_offset(tz)
+    first = tz.utcoffset(local)
+    later = tz.utcoffset(local.replace(fold=1))
+    if first == later:
+        return first
+    # A gap or a fold: the reading whose daylight saving is smaller is standard time.
+    first_dst = tz.dst(local) or timedelta(0)
+    later_dst = tz.dst(local.replace(fold=1)) or timedelta(0)
+    return later if later_dst <= first_dst else first
+
+
+def _raw_offset(tz: ZoneInfo) -> timedelta:
+    raw = _raw_offsets.get(tz)
+    if raw is None:
+        probe = datetime(2000, 1, 1)
+        raw = (tz.utcoffset(probe) or timedelta(0)) - (tz.dst(probe) or timedelta(0))
+        _raw_offsets[tz] = raw
+    return raw
+
+
 def _text_date_parts(text: str, tz: ZoneInfo) -> tuple[int, int] | None:
     match = _DATE_RE.fullmatch(text)
     if match is None:
@@ -142,9 +177,7 @@ def _text_date_parts(text: str, tz: ZoneInfo) -> tuple[int, int] | None:
             int(minute),
             int(second),
         )
-        # The naive time is read in tz. In a DST gap or fold zoneinfo uses fold=0: the offset in
-        # force before the change.
-        offset = tz.utcoffset(local)
+        offset = java_offset(local, tz)
     except (ValueError, OverflowError):
         return None
     delta = local - _EPOCH

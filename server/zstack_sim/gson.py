@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 __all__ = ["dumps", "format_date", "is_gson_date", "parse_date", "to_gson_date"]
@@ -57,9 +57,22 @@ def dumps(value: Any) -> bytes:
     return text.translate(_GSON_ESCAPES).encode("utf-8", "replace")
 
 
+# Java's zone tables start here; before it Java writes every time in the zone's raw offset.
+_JAVA_ZONES_START = datetime(1901, 12, 13, 20, 45, 52, tzinfo=UTC)
+
+
+def _java_raw_offset(tz: tzinfo) -> timedelta:
+    probe = datetime(2000, 1, 1)
+    return (tz.utcoffset(probe) or timedelta(0)) - (tz.dst(probe) or timedelta(0))
+
+
 def format_date(moment: datetime, tz: tzinfo) -> str:
-    """Format an aware ``datetime`` as Gson on Java 8 does, in the management node's zone ``tz``."""
-    local = moment.astimezone(tz)
+    """Format an aware ``datetime`` as Gson on Java 8 does, in the management node's zone ``tz``
+    (before 1901-12-13, in the zone's raw offset, as Java does, not in local mean time)."""
+    if moment < _JAVA_ZONES_START:
+        local = moment.astimezone(timezone(_java_raw_offset(tz)))
+    else:
+        local = moment.astimezone(tz)
     hour12 = local.hour % 12 or 12
     ampm = "AM" if local.hour < 12 else "PM"
     return (
@@ -82,11 +95,23 @@ def parse_date(text: str, tz: tzinfo) -> datetime:
     if match:
         mon, day, year, hour, minute, second, ampm = match.groups()
         h = int(hour) % 12 + (12 if ampm == "PM" else 0)
-        return datetime(int(year), _MONTHS.index(mon) + 1, int(day), h, int(minute), int(second), tzinfo=tz)
+        return _as_java_reads(
+            datetime(int(year), _MONTHS.index(mon) + 1, int(day), h, int(minute), int(second)), tz
+        )
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz)
+        moment = _as_java_reads(moment, tz)
     return moment
+
+
+def _as_java_reads(naive: datetime, tz: tzinfo) -> datetime:
+    """A wall-clock time in ``tz`` as Java reads it: in standard time when it occurs twice or never,
+    and in the zone's raw offset before 1901-12-13."""
+    if naive.replace(tzinfo=UTC) < _JAVA_ZONES_START + timedelta(days=1):
+        return naive.replace(tzinfo=timezone(_java_raw_offset(tz)))
+    fold0, fold1 = naive.replace(tzinfo=tz), naive.replace(tzinfo=tz, fold=1)
+    standard_later = (fold1.dst() or timedelta(0)) <= (fold0.dst() or timedelta(0))
+    return fold1 if fold0.utcoffset() != fold1.utcoffset() and standard_later else fold0
 
 
 def to_gson_date(value: str, tz: tzinfo) -> str:
