@@ -20,12 +20,14 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import zstack_sim
+from calls import deadline_storm
 from conftest import AUTH
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
 from zstack_sim.generate import generate
 
 VM = zstack_sim.DEMO_VM_UUID
@@ -50,20 +52,6 @@ def big_control(big_sim) -> Iterator[SimControl]:
     control.reset()
     yield control
     control.reset()
-
-
-@pytest.fixture
-def make_gateway():
-    started: list[GatewayThread] = []
-
-    def make(url: str, **overrides) -> GatewayThread:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=url, **overrides).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
 
 
 @pytest.fixture
@@ -325,7 +313,7 @@ async def _mixed_streams(target: str, n: int, seed: int) -> dict[str, tuple[str,
 def test_every_call_gets_one_log_line_and_one_count_however_it_ends(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
     before = rpcs_total(gw)
     seen = asyncio.run(_mixed_streams(gw.target, 400, seed=5))
     settle(gw)
@@ -352,7 +340,7 @@ def test_every_call_gets_one_log_line_and_one_count_however_it_ends(
 def test_the_logged_outcome_is_what_the_caller_saw(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
     target = gw.target
 
     async def main() -> dict[str, object]:
@@ -401,7 +389,7 @@ def test_the_logged_outcome_is_what_the_caller_saw(
 def test_a_stream_nobody_reads_is_ended_after_the_idle_timeout(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, stream_idle_timeout=0.5, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, stream_idle_timeout=0.5, default_timeout=10.0)
 
     async def main() -> tuple[int, object, float]:
         # A tiny receive window: the gateway's writes block as soon as the caller stops reading.
@@ -433,7 +421,7 @@ def test_a_stream_nobody_reads_is_ended_after_the_idle_timeout(
 
 
 def test_a_normal_call_stays_fast_while_streams_are_not_read(big_sim, big_control: SimControl, make_gateway):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
 
     async def main() -> float:
         options = [("grpc.http2.lookahead_bytes", 16 * 1024), ("grpc.http2.bdp_probe", 0)]
@@ -490,24 +478,6 @@ def test_a_request_that_is_not_valid_protobuf_is_invalid_argument(gateway, sim: 
 # Deadlines under load: no second status, no traceback
 
 
-async def _deadline_storm(target: str, calls: int, concurrency: int, deadline_s: float) -> Counter:
-    codes: Counter = Counter()
-    todo = list(range(calls))
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-
-        async def worker() -> None:
-            while todo:
-                i = todo.pop()
-                vm = ("fa17" if i % 2 else "fb17") + "0" * 28
-                codes[
-                    await read_all(stub.GetCandidateIso(request(vm), metadata=AUTH, timeout=deadline_s))
-                ] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return codes
-
-
 @pytest.mark.parametrize("deadline_s", [0.05, 0.2, 0.4])
 def test_calls_ending_at_their_deadline_under_contention_log_no_traceback(
     gateway, sim: SimControl, contention, call_log: CallLog, deadline_s
@@ -515,7 +485,8 @@ def test_calls_ending_at_their_deadline_under_contention_log_no_traceback(
     sim.fault(action="hang", path="/vm-instances/fa17")
     sim.fault(action="drip", interval=0.02, path="/vm-instances/fb17")
     before = rpcs_total(gateway)
-    codes = asyncio.run(_deadline_storm(gateway.target, 200, 64, deadline_s))
+    vms = ["fb17" + "0" * 28, "fa17" + "0" * 28]  # a drip, and a hang
+    codes = asyncio.run(deadline_storm(gateway.target, 200, 64, vms, deadline_s))
     assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
     sim.clear_faults()
     settle(gateway)

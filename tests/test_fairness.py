@@ -26,16 +26,16 @@ import zstack_sim
 from conftest import AUTH
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
+from harness import GatewayThread, account
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, ConfigError, cli, errors
 from zstack_gateway.auth import CallerAuth, PassThrough
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.settings import Secret
 from zstack_gateway.upstream import ZStackClient
 from zstack_gateway.validation import CandidateIsoQuery
+from zstack_sim.control_client import SimControl
 
 C = grpc.StatusCode
 HEALTHY_VM = zstack_sim.DEMO_VM_UUID
@@ -106,26 +106,6 @@ def simulator() -> Iterator[zstack_sim.ThreadedSimulator]:
         yield sim
 
 
-@pytest.fixture
-def make_gateway(simulator: zstack_sim.ThreadedSimulator) -> Iterator[Any]:
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> tuple[GatewayThread, svc_grpc.VmInstanceServiceStub]:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "readiness_interval": 0.0,
-        }
-        settings.update(overrides)
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw, svc_grpc.VmInstanceServiceStub(gw.channel())
-
-    yield make
-    for gw in started:
-        gw.stop()
-
-
 def shares_in_use(gw: GatewayThread) -> int:
     return int(gw.run(lambda: gw.gateway.client.identities_queued_or_in_flight))
 
@@ -138,7 +118,8 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
     hang; session B's calls to a healthy VM all succeed while they hang, and A's calls beyond its
     share fail with UPSTREAM_IDENTITY_LIMIT once the queue timeout is over."""
     queue_timeout = 2.0
-    gw, stub = make_gateway(coalesce=False, upstream_queue_timeout=queue_timeout)
+    gw = make_gateway(coalesce=False, upstream_queue_timeout=queue_timeout)
+    stub = gw.stub
     assert gw.gateway.client.max_per_identity == 8
     session_b = login(simulator)
     sim.fault(action="hang", path=iso_path(HANGING_VM))
@@ -210,9 +191,10 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
     """Three sessions with a share of 3 each but 4 slots in all: ZStack never sees more than 4
     requests at once, and a call that finds every global slot busy gets UPSTREAM_CONCURRENCY_LIMIT
     (not the identity reason: its own share had room)."""
-    gw, stub = make_gateway(
+    gw = make_gateway(
         coalesce=False, max_upstream_calls=4, max_upstream_calls_per_identity=3, upstream_queue_timeout=0.5
     )
+    stub = gw.stub
     sessions = [zstack_sim.DEMO_SESSION_UUID, login(simulator), login(simulator)]
     sim.fault(action="hang", path=iso_path(HANGING_VM))
     calls = [
@@ -241,14 +223,8 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
 def test_account_mode_has_one_identity_and_no_share(make_gateway, sim: SimControl):
     """In account mode every call acts as the gateway's one account: a share would only lower the
     total, so all --max-upstream-calls slots serve its calls."""
-    gw, stub = make_gateway(
-        coalesce=False,
-        auth_mode="account",
-        zstack_account=zstack_sim.DEMO_ACCOUNT_NAME,
-        zstack_password=Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-        max_upstream_calls=6,
-        upstream_queue_timeout=0.2,
-    )
+    gw = make_gateway(**account(coalesce=False, max_upstream_calls=6, upstream_queue_timeout=0.2))
+    stub = gw.stub
     assert gw.gateway.client.max_per_identity == 0
     assert images(stub, (), HEALTHY_VM)  # logs in
     sim.config(latency_ms=600)
@@ -358,7 +334,8 @@ def test_cancellation_at_any_moment_gives_back_exactly_what_was_taken(simulator,
 def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway, simulator, sim: SimControl):
     """The same through the gateway: callers of three sessions cancel their calls at random moments;
     afterwards the bookkeeping is empty and 16 calls of two sessions run at once."""
-    gw, stub = make_gateway(upstream_queue_timeout=0.2)
+    gw = make_gateway(upstream_queue_timeout=0.2)
+    stub = gw.stub
     sessions = [zstack_sim.DEMO_SESSION_UUID, login(simulator), login(simulator)]
     sim.fault(action="hang", path=iso_path(HANGING_VM))
     sim.fault(action="delay_only", delay=0.3, path=iso_path(SLOW_VM))
@@ -381,7 +358,7 @@ def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway
             call.cancel()
         assert wait_for(lambda: shares_in_use(gw) == 0)
         assert wait_for(lambda: sim.stats()["in_flight"] == 0)
-        sim._call("DELETE", "/_sim/stats")
+        sim.clear_stats()
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda i: tagged_images(stub, sessions[i % 2], SLOW_VM, i), range(16)))
         assert results == [[]] * 16

@@ -18,17 +18,19 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import grpc
 import pytest
 import zstack_sim
-from harness import GatewayThread, SimControl
+from calls import deadline_storm
+from harness import Gateways
+from hostile import RawListener
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import wait_until
 
 C = grpc.StatusCode
 VM = zstack_sim.DEMO_VM_UUID
@@ -92,13 +94,12 @@ def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
-def wait_until(predicate, timeout: float = 2.0, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+def assert_recovers(stub, sim: SimControl, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the fault is gone, the next normal call through the same gateway succeeds, and the
+    gateway logged no unexpected exception."""
+    sim.clear_faults()
+    assert_normal_call_succeeds(stub, images=5)
+    assert_no_gateway_tracebacks(caplog)
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ GOOD_ANSWER = (
 )
 
 
-class RawUpstream:
+class RawUpstream(RawListener):
     """A listener on 127.0.0.1 that answers every connection as ``mode`` says: ``HOLD``, ``CLOSE``,
     or bytes to send as they are before closing the connection."""
 
@@ -128,44 +129,15 @@ class RawUpstream:
         self.mode: str | bytes = GOOD_ANSWER
         self.held: list[socket.socket] = []
         self._lock = threading.Lock()
-        self.port = 0
-        self._listen()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
-    def _listen(self) -> None:
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._sock.listen(64)
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="raw-upstream", daemon=True)
-        self._thread.start()
-
-    def stop_listening(self) -> None:
-        """Close the listening socket: connections to the port are refused until listen_again()."""
-        self._stop.set()
-        self._sock.close()
-        self._thread.join(5)
-
-    def listen_again(self) -> None:
-        self._listen()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            mode = self.mode
-            if mode == HOLD:
-                with self._lock:
-                    self.held.append(conn)
-                continue
-            threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        mode = self.mode
+        if mode == HOLD:
+            with self._lock:
+                self.held.append(conn)
+            return
+        threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
 
     @staticmethod
     def _answer(conn: socket.socket, mode: str | bytes) -> None:
@@ -221,15 +193,8 @@ def raw_upstream() -> Iterator[RawUpstream]:
 
 
 @pytest.fixture(scope="module")
-def raw_gateway(raw_upstream: RawUpstream) -> Iterator[svc_grpc.VmInstanceServiceStub]:
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0", zstack_url=raw_upstream.url, default_timeout=5.0, max_body_bytes=4096
-        ).check()
-    )
-    with gw.channel() as ch:
-        yield svc_grpc.VmInstanceServiceStub(ch)
-    gw.stop()
+def raw_gateway(module_gateways: Gateways, raw_upstream: RawUpstream) -> svc_grpc.VmInstanceServiceStub:
+    return module_gateways(zstack_url=raw_upstream.url, max_body_bytes=4096).stub
 
 
 @pytest.fixture
@@ -255,9 +220,7 @@ def test_broken_connection_is_unavailable(stub, sim: SimControl, errors_log, fau
     d, _ = fail(stub)
     assert d.code == code
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 @pytest.mark.parametrize(
@@ -277,33 +240,7 @@ def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
     assert elapsed >= DEADLINE - 0.05, f"gave up after {elapsed:.3f} s, before the deadline"
     # The stalled upstream request was abandoned, not left running in the pool.
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
-
-
-async def _deadline_storm(
-    target: str, calls: int, concurrency: int, vms: list[str], deadline_s: float
-) -> Counter:
-    """``calls`` calls at ``concurrency``, each to a VM whose upstream answer never comes."""
-    codes: Counter = Counter()
-    todo = list(range(calls))
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-
-        async def worker() -> None:
-            while todo:
-                vm = vms[todo.pop() % len(vms)]
-                request = svc.GetCandidateIsoRequest(vm_instance_uuid=vm)
-                try:
-                    async for _ in stub.GetCandidateIso(request, metadata=AUTH, timeout=deadline_s):
-                        pass
-                    codes[C.OK] += 1
-                except grpc.aio.AioRpcError as err:
-                    codes[err.code()] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return codes
+    assert_recovers(stub, sim, errors_log)
 
 
 def test_many_calls_running_out_of_time_together_log_no_tracebacks(
@@ -317,7 +254,7 @@ def test_many_calls_running_out_of_time_together_log_no_tracebacks(
     sim.fault(action="drip", interval=0.05, path="/vm-instances/fb17")
     vms = ["fa17" + "0" * 28, "fb17" + "0" * 28]
     for _ in range(4):  # the race is timing-dependent: a few storms make it show if it is back
-        codes = asyncio.run(_deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
+        codes = asyncio.run(deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
         assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
         if gateway_tracebacks(errors_log):
             break
@@ -372,9 +309,7 @@ def test_unreadable_answer_is_internal_bad_response(stub, sim: SimControl, error
     assert d.code == C.INTERNAL
     assert d.info.reason == "ZSTACK_BAD_RESPONSE"
     assert needle in d.message
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,9 +360,7 @@ def test_non_zstack_status_maps_to_its_code(stub, sim: SimControl, errors_log, s
     assert d.info.reason == reason
     assert d.info.metadata["httpStatus"] == str(status)
     assert "<" not in d.message  # HTML is reduced to its title, never passed on
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,9 +372,7 @@ def test_zstack_timeout_under_the_callers_deadline_is_deadline_exceeded(stub, si
     d, _ = fail(stub)
     assert d.code == C.DEADLINE_EXCEEDED
     assert d.error_code is not None and d.error_code.code == "SYS.1001"
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_log):
@@ -449,9 +380,7 @@ def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_
     d, _ = fail(stub)
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "ZSTACK_SYS_1010"
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: SimControl, errors_log):
@@ -467,9 +396,7 @@ def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: S
             list(stub.GetCandidateIso(request, metadata=AUTH, timeout=DEADLINE))
         assert info.value.code() == C.NOT_FOUND, info.value.details()
     assert decode(info.value).error_code.code == "SYS.1003"
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovers(stub, sim, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +456,7 @@ def test_connection_refused_is_unavailable_and_the_gateway_recovers(
     try:
         d, _ = fail(raw_gateway)
     finally:
-        raw.listen_again()  # ZStack comes back on the same port
+        raw.listen()  # ZStack comes back on the same port
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     assert f"127.0.0.1:{raw.port}" in d.message
