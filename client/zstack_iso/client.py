@@ -23,7 +23,7 @@ import enum
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Final, Generic, Literal, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -102,10 +102,19 @@ def _request(
     )
 
 
+class _CallOptions(TypedDict, total=False):
+    """The keyword arguments of ``iter_candidates``, which ``list_candidates`` passes on."""
+
+    system_tags: Iterable[str]
+    user_tags: Iterable[str]
+    timeout: _Timeout
+
+
 _ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
+_ImagesT = TypeVar("_ImagesT", Iterator[image_pb2.ImageInventory], AsyncIterator[image_pb2.ImageInventory])
 
 
-class _Base(Generic[_ChannelT]):
+class _Base(Generic[_ChannelT, _ImagesT]):
     """What both clients share: settings, the channel, request and metadata building. A subclass
     names its kind of channel and how to open one."""
 
@@ -195,16 +204,33 @@ class _Base(Generic[_ChannelT]):
         where = repr(self._target) if self._target is not None else "<channel>"
         return f"{type(self).__name__}({where}, timeout={self._timeout!r})"
 
-    def _call(
-        self, vm_instance_uuid: str, system_tags: Iterable[str], user_tags: Iterable[str], timeout: _Timeout
-    ) -> tuple[vm_instance_service_pb2.GetCandidateIsoRequest, float | None]:
-        """The request of a call and its deadline (the arguments checked before the call starts)."""
+    def iter_candidates(
+        self,
+        vm_instance_uuid: str,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        timeout: _Timeout = _CLIENT_TIMEOUT,
+    ) -> _ImagesT:
+        """The ISO images that can be attached to the VM, in ZStack's order, each as soon as it
+        arrives (``async for`` with AsyncIsoClient). The call starts at the first image asked for;
+        leaving the loop early cancels it.
+
+        Raises ZStackError for any failure, also one in the middle of the stream.
+        """
         request = _request(vm_instance_uuid, system_tags, user_tags)
         if timeout is _CLIENT_TIMEOUT:
-            return request, self._timeout
-        if timeout is not None and not timeout > 0:
+            deadline = self._timeout
+        elif timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
-        return request, timeout
+        else:
+            deadline = timeout
+        return self._stream(request, deadline)
+
+    def _stream(
+        self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
+    ) -> _ImagesT:
+        raise NotImplementedError
 
     def _check_open(self) -> None:
         if self._closed:
@@ -212,7 +238,7 @@ class _Base(Generic[_ChannelT]):
             raise ZStackError(grpc.StatusCode.CANCELLED, "the client is closed")
 
 
-class IsoClient(_Base[grpc.Channel]):
+class IsoClient(_Base[grpc.Channel, Iterator[image_pb2.ImageInventory]]):
     """A blocking client of the gateway's ``zstack.v1.VmInstanceService``.
 
     Arguments:
@@ -263,34 +289,11 @@ class IsoClient(_Base[grpc.Channel]):
             if self._owns_channel:
                 self._channel.close()
 
-    def iter_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
-    ) -> Iterator[image_pb2.ImageInventory]:
-        """The ISO images that can be attached to the VM, in ZStack's order, each as soon as it
-        arrives. The call starts at the first ``next()``; leaving the loop early cancels it.
-
-        Raises ZStackError for any failure, also one in the middle of the stream.
-        """
-        return self._stream(*self._call(vm_instance_uuid, system_tags, user_tags, timeout))
-
     def list_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
+        self, vm_instance_uuid: str, **options: Unpack[_CallOptions]
     ) -> list[image_pb2.ImageInventory]:
-        """All of :meth:`iter_candidates` as a list."""
-        images = self.iter_candidates(
-            vm_instance_uuid, system_tags=system_tags, user_tags=user_tags, timeout=timeout
-        )
-        return list(images)
+        """All of :meth:`iter_candidates` as a list (the same keyword arguments)."""
+        return list(self.iter_candidates(vm_instance_uuid, **options))
 
     def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
@@ -307,7 +310,7 @@ class IsoClient(_Base[grpc.Channel]):
             call.cancel()
 
 
-class AsyncIsoClient(_Base[grpc.aio.Channel]):
+class AsyncIsoClient(_Base[grpc.aio.Channel, AsyncIterator[image_pb2.ImageInventory]]):
     """:class:`IsoClient` for asyncio, on ``grpc.aio``, with the same arguments. Create it inside
     the running event loop. Use ``async with``, or ``await close()``, to close the channel::
 
@@ -339,31 +342,12 @@ class AsyncIsoClient(_Base[grpc.aio.Channel]):
             if self._owns_channel:
                 await self._channel.close()
 
-    def iter_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
-    ) -> AsyncIterator[image_pb2.ImageInventory]:
-        """``async for image in client.iter_candidates(vm)``: see :meth:`IsoClient.iter_candidates`."""
-        return self._stream(*self._call(vm_instance_uuid, system_tags, user_tags, timeout))
-
     async def list_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        # The gRPC deadline is the timeout, as in IsoClient; asyncio.timeout() around the call works too.
-        timeout: _Timeout = _CLIENT_TIMEOUT,  # noqa: ASYNC109
+        self, vm_instance_uuid: str, **options: Unpack[_CallOptions]
     ) -> list[image_pb2.ImageInventory]:
-        """All of :meth:`iter_candidates` as a list."""
-        images = self.iter_candidates(
-            vm_instance_uuid, system_tags=system_tags, user_tags=user_tags, timeout=timeout
-        )
-        return [image async for image in images]
+        """All of :meth:`iter_candidates` as a list (the same keyword arguments; ``timeout`` is the
+        gRPC deadline, as in IsoClient, and ``asyncio.timeout()`` around the call works too)."""
+        return [image async for image in self.iter_candidates(vm_instance_uuid, **options)]
 
     async def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
