@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -16,6 +17,14 @@ from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, Gateway
 from zstack_gateway import app as gateway_app
 from zstack_gateway.settings import Secret
+
+
+def has_traceback(record: logging.LogRecord) -> bool:
+    """A record of the gateway's, grpc's or asyncio's loggers that carries a traceback: an exception
+    the gateway did not expect (the simulator's and the test's own loggers are not the gateway's)."""
+    return record.name.startswith(("zstack_gateway", "grpc", "asyncio")) and bool(
+        record.exc_info or "Traceback" in record.getMessage()
+    )
 
 
 class _SharedLoop:

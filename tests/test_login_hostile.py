@@ -28,7 +28,7 @@ import zstack_sim
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from harness import Gateways, GatewayThread, account
+from harness import Gateways, GatewayThread, account, has_traceback
 from hostile import HANG, RESET, HostileUpstream
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
@@ -168,12 +168,7 @@ def burst(stub: Any, n: int) -> list[Decoded | None]:
 
 
 def assert_no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    found = [
-        r
-        for r in caplog.records
-        if r.name.startswith(("zstack_gateway", "grpc", "asyncio"))
-        and (r.exc_info or "Traceback" in r.getMessage() or r.name == "asyncio")
-    ]
+    found = [r for r in caplog.records if has_traceback(r) or r.name == "asyncio"]
     assert not found, [f"{r.name}: {r.getMessage()[:200]}" for r in found]
 
 

@@ -24,7 +24,7 @@ import grpc
 import pytest
 import zstack_sim
 from calls import deadline_storm
-from harness import Gateways
+from harness import Gateways, has_traceback
 from hostile import RawListener
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
@@ -75,16 +75,12 @@ def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
     gateway did not expect), and anything asyncio reported on the gateway's own thread (an
     exception nobody retrieved, a callback that failed). The gateway may log failed calls at ERROR
     without a traceback; those are its business, not an unhandled exception."""
-    found = []
-    for r in caplog.records:
-        if r.levelno < logging.ERROR:
-            continue
-        ours = r.name.startswith(("zstack_gateway", "grpc"))
-        if (ours and (r.exc_info or "Traceback" in r.getMessage())) or (
-            r.name == "asyncio" and r.threadName == "gateway"
-        ):
-            found.append(r)
-    return found
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        and (r.threadName == "gateway" if r.name == "asyncio" else has_traceback(r))
+    ]
 
 
 def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -94,11 +90,10 @@ def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
-def assert_recovers(stub, sim: SimControl, caplog: pytest.LogCaptureFixture) -> None:
-    """Once the fault is gone, the next normal call through the same gateway succeeds, and the
-    gateway logged no unexpected exception."""
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
+def assert_recovered(stub, caplog: pytest.LogCaptureFixture, images: int = 5) -> None:
+    """Once the fault is gone: the next normal call through the same gateway succeeds (with
+    ``images`` images), and the gateway logged no unexpected exception."""
+    assert_normal_call_succeeds(stub, images=images)
     assert_no_gateway_tracebacks(caplog)
 
 
@@ -220,7 +215,8 @@ def test_broken_connection_is_unavailable(stub, sim: SimControl, errors_log, fau
     d, _ = fail(stub)
     assert d.code == code
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 @pytest.mark.parametrize(
@@ -240,7 +236,8 @@ def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
     assert elapsed >= DEADLINE - 0.05, f"gave up after {elapsed:.3f} s, before the deadline"
     # The stalled upstream request was abandoned, not left running in the pool.
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 def test_many_calls_running_out_of_time_together_log_no_tracebacks(
@@ -260,8 +257,7 @@ def test_many_calls_running_out_of_time_together_log_no_tracebacks(
             break
     sim.clear_faults()
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=2.0)
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +305,8 @@ def test_unreadable_answer_is_internal_bad_response(stub, sim: SimControl, error
     assert d.code == C.INTERNAL
     assert d.info.reason == "ZSTACK_BAD_RESPONSE"
     assert needle in d.message
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +357,8 @@ def test_non_zstack_status_maps_to_its_code(stub, sim: SimControl, errors_log, s
     assert d.info.reason == reason
     assert d.info.metadata["httpStatus"] == str(status)
     assert "<" not in d.message  # HTML is reduced to its title, never passed on
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +370,8 @@ def test_zstack_timeout_under_the_callers_deadline_is_deadline_exceeded(stub, si
     d, _ = fail(stub)
     assert d.code == C.DEADLINE_EXCEEDED
     assert d.error_code is not None and d.error_code.code == "SYS.1001"
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_log):
@@ -380,7 +379,8 @@ def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_
     d, _ = fail(stub)
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "ZSTACK_SYS_1010"
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: SimControl, errors_log):
@@ -396,7 +396,8 @@ def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: S
             list(stub.GetCandidateIso(request, metadata=AUTH, timeout=DEADLINE))
         assert info.value.code() == C.NOT_FOUND, info.value.details()
     assert decode(info.value).error_code.code == "SYS.1003"
-    assert_recovers(stub, sim, errors_log)
+    sim.clear_faults()
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,8 +442,7 @@ def test_body_over_the_cap_is_internal_and_the_pool_survives(
         assert d.info.reason == "ZSTACK_BAD_RESPONSE"
         assert "4096" in d.message
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,8 +460,7 @@ def test_connection_refused_is_unavailable_and_the_gateway_recovers(
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     assert f"127.0.0.1:{raw.port}" in d.message
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawUpstream, errors_log):
@@ -472,8 +471,7 @@ def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawU
     # The gateway gave up on the connection at the deadline: the peer sees it closed.
     assert raw.held_closed_by_peer(timeout=1.0)
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 @pytest.mark.parametrize(
@@ -490,8 +488,7 @@ def test_connection_closed_early_is_unavailable(raw_gateway, raw: RawUpstream, e
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_body_that_is_not_utf8_is_internal_bad_response(raw_gateway, raw: RawUpstream, errors_log):
@@ -501,8 +498,7 @@ def test_body_that_is_not_utf8_is_internal_bad_response(raw_gateway, raw: RawUps
     assert d.code == C.INTERNAL
     assert d.info.reason == "ZSTACK_BAD_RESPONSE"
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_garbage_instead_of_http_is_unavailable(raw_gateway, raw: RawUpstream, errors_log):
@@ -512,5 +508,4 @@ def test_garbage_instead_of_http_is_unavailable(raw_gateway, raw: RawUpstream, e
     d, _ = fail(raw_gateway)
     assert d.code == C.UNAVAILABLE
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
