@@ -24,7 +24,6 @@ from zstack_sim.control_client import SimControl
 from zstack_sim.processes import Proc
 
 MS = 1000.0
-MB = 1_000_000
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Real servers for tests: gateways on one shared event loop in a thread, on loopback ports."""
+"""Real servers for tests: gateways on one shared event loop in a thread, on loopback ports; the
+credentials settings of the demo account; what counts as a gateway traceback in a log."""
 
 from __future__ import annotations
 

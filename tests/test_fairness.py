@@ -36,6 +36,7 @@ from zstack_gateway.deadline import Deadline
 from zstack_gateway.upstream import ZStackClient
 from zstack_gateway.validation import CandidateIsoQuery
 from zstack_sim.control_client import SimControl
+from zstack_sim.processes import wait_until
 
 C = grpc.StatusCode
 HEALTHY_VM = zstack_sim.DEMO_VM_UUID
@@ -89,15 +90,6 @@ def requests_to(sim: SimControl, vm: str) -> int:
     return sum(1 for r in sim.zstack_requests() if f"/vm-instances/{vm}/" in r["path"])
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
-
-
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[zstack_sim.ThreadedSimulator]:
     """This module's own simulator: the tests read its in-flight figures, which must count no other
@@ -142,7 +134,7 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
         a_futures = [pool.submit(outcome, call) for call in calls]
         try:
             # A's share of requests reaches ZStack and hangs there (all 16 slots on the old code).
-            assert wait_for(lambda: requests_to(sim, HANGING_VM) >= 8)
+            assert wait_until(lambda: requests_to(sim, HANGING_VM) >= 8, timeout=10)
             time.sleep(0.2)
             hanging = requests_to(sim, HANGING_VM)
 
@@ -164,7 +156,9 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
             assert slowest_b < queue_timeout / 2
 
             # A's calls beyond its share end with RESOURCE_EXHAUSTED after the queue timeout.
-            assert wait_for(lambda: sum(f.done() for f in a_futures) >= greedy - 8, timeout=queue_timeout + 8)
+            assert wait_until(
+                lambda: sum(f.done() for f in a_futures) >= greedy - 8, timeout=queue_timeout + 8
+            )
             time.sleep(0.2)
             ended = [f.result() for f in a_futures if f.done()]
             assert len(ended) == greedy - 8
@@ -182,8 +176,8 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
             for call in calls:
                 call.cancel()
     # Every call gone: the per-identity bookkeeping is empty and ZStack's hanging requests were abandoned.
-    assert wait_for(lambda: shares_in_use(gw) == 0)
-    assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+    assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
     assert requests_to(sim, HANGING_VM) == 8
 
 
@@ -206,7 +200,7 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
         for i in range(4)
     ]
     try:
-        assert wait_for(lambda: sim.stats()["in_flight"] == 4)
+        assert wait_until(lambda: sim.stats()["in_flight"] == 4, timeout=10)
         with pytest.raises(grpc.RpcError) as info:
             images(stub, auth(sessions[2]), HEALTHY_VM)
         d = decode(info.value)
@@ -216,7 +210,7 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
     finally:
         for call in calls:
             call.cancel()
-    assert wait_for(lambda: shares_in_use(gw) == 0)
+    assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
     assert images(stub, auth(sessions[2]), HEALTHY_VM)
 
 
@@ -328,7 +322,7 @@ def test_cancellation_at_any_moment_gives_back_exactly_what_was_taken(simulator,
     assert seen["ok"] > 50
     assert seen["identity_limit"] > 10
     assert seen["concurrency_limit"] > 10
-    assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
 
 
 def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway, simulator, sim: SimControl):
@@ -356,8 +350,8 @@ def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway
         for moment, call in sorted(calls, key=lambda c: c[0]):
             time.sleep(max(0.0, started + moment - time.monotonic()))
             call.cancel()
-        assert wait_for(lambda: shares_in_use(gw) == 0)
-        assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+        assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
+        assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
         sim.clear_stats()
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda i: tagged_images(stub, sessions[i % 2], SLOW_VM, i), range(16)))

@@ -44,7 +44,6 @@ class HealthWatch:
 
     def __init__(self, channel: grpc.Channel, *, leave_on_not_serving: bool) -> None:
         self.updates: list[tuple[float, int]] = []
-        self.ended_with: grpc.StatusCode | None = None
         self._leave = leave_on_not_serving
         self._call = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=""), timeout=60
@@ -58,8 +57,8 @@ class HealthWatch:
                 self.updates.append((time.monotonic(), response.status))
                 if self._leave and response.status == NOT_SERVING:
                     self._call.cancel()
-        except grpc.RpcError as err:
-            self.ended_with = err.code()
+        except grpc.RpcError:
+            pass  # the stream ended: cancelled by the watcher, or by the server going away
 
     def first(self, status: int) -> float | None:
         return next((t for t, s in self.updates if s == status), None)
