@@ -365,20 +365,28 @@ def test_non_zstack_status_maps_to_its_code(stub, sim: SimControl, errors_log, s
 # ZStack's own errors about time and readiness
 
 
-def test_zstack_timeout_under_the_callers_deadline_is_deadline_exceeded(stub, sim: SimControl, errors_log):
-    sim.fault(action="zstack_error", code="SYS.1001", details="the API timed out after 1 s")
+@pytest.mark.parametrize(
+    ("zstack_code", "details", "code"),
+    [
+        pytest.param(
+            "SYS.1001", "the API timed out after 1 s", C.DEADLINE_EXCEEDED, id="timeout-is-deadline-exceeded"
+        ),
+        pytest.param(
+            "SYS.1010",
+            "management node[uuid:x] is not ready yet",
+            C.UNAVAILABLE,
+            id="not-ready-is-unavailable",
+        ),
+    ],
+)
+def test_zstack_time_and_readiness_errors(stub, sim: SimControl, errors_log, zstack_code, details, code):
+    """ZStack's timeout (under the caller's deadline) and a management node not ready yet: the
+    README's code, with ZStack's ErrorCode and reason kept."""
+    sim.fault(action="zstack_error", code=zstack_code, details=details)
     d, _ = fail(stub)
-    assert d.code == C.DEADLINE_EXCEEDED
-    assert d.error_code is not None and d.error_code.code == "SYS.1001"
-    sim.clear_faults()
-    assert_recovered(stub, errors_log)
-
-
-def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_log):
-    sim.fault(action="zstack_error", code="SYS.1010", details="management node[uuid:x] is not ready yet")
-    d, _ = fail(stub)
-    assert d.code == C.UNAVAILABLE
-    assert d.info.reason == "ZSTACK_SYS_1010"
+    assert d.code == code
+    assert d.error_code is not None and d.error_code.code == zstack_code
+    assert d.info.reason == "ZSTACK_" + zstack_code.replace(".", "_")
     sim.clear_faults()
     assert_recovered(stub, errors_log)
 
