@@ -1,5 +1,5 @@
-"""What the harness measures besides call times: the simulator's own counters, processes' CPU time,
-the gateway's memory, and the statistics the table reports."""
+"""What the harness measures besides call times: processes' CPU time, the gateway's memory, and the
+statistics the table reports."""
 
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
 
-import requests
-from procs import HarnessError, Proc, cpu_seconds, rss_bytes
+from procs import HarnessError, cpu_seconds
+from zstack_sim.processes import Proc, memory_bytes
 
 # --- statistics ------------------------------------------------------------------------------------
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks."""
+    """The ``q``-th percentile (``q`` from 0 to 100) of ``values``, interpolated linearly between
+    the two closest ranks: with the values sorted as ``v[0] .. v[n-1]``, the value at position
+    ``(n - 1) * q / 100`` (numpy's default "linear" method; ``statistics.quantiles`` with
+    ``method="inclusive"``). ``percentile(v, 50)`` is the median, 0 the minimum, 100 the maximum,
+    and a percentile never lies outside the values seen. Raises HarnessError for no values."""
     if not values:
         raise HarnessError("percentile of no values")
     ordered = sorted(values)
@@ -29,43 +32,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
-
-
-# --- the simulator's control plane -----------------------------------------------------------------
-
-
-class SimControl:
-    """``/_sim`` of one simulator, over its own session (no proxies: loopback only)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.session = requests.Session()
-        self.session.trust_env = False
-
-    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        response = self.session.request(method, self.url + path, json=body, timeout=10)
-        if response.status_code != 200:
-            raise HarnessError(f"{method} {path} answered {response.status_code}: {response.text[:200]}")
-        return response.json()
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/_sim/stats")
-        return result
-
-    def clear_stats(self) -> None:
-        self._call("DELETE", "/_sim/stats")
-
-    def set_latency(self, milliseconds: float) -> None:
-        self._call("POST", "/_sim/config", {"latency_ms": milliseconds})
-
-    def set_candidates(self, vm_uuid: str, image_uuids: Sequence[str]) -> None:
-        self._call("POST", f"/_sim/vms/{vm_uuid}", {"candidates": list(image_uuids)})
-
-    def iso_calls(self) -> int:
-        return int(self.stats()["by_route"].get("iso_candidates", 0))
-
-    def close(self) -> None:
-        self.session.close()
 
 
 # --- CPU time per process ---------------------------------------------------------------------------
@@ -127,7 +93,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, memory_bytes(self.pid))
             self._stop.wait(self.interval)
 
     @property
@@ -135,7 +101,7 @@ class RssSampler:
         return max(0, self.peak - self.baseline)
 
     def __enter__(self) -> RssSampler:
-        self.baseline = rss_bytes(self.pid)
+        self.baseline = memory_bytes(self.pid)
         self.peak = self.baseline
         self._thread.start()
         return self
@@ -145,5 +111,5 @@ class RssSampler:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid))
-        self.hwm_growth = max(0, rss_bytes(self.pid, "VmHWM") - self.baseline)
+        self.peak = max(self.peak, memory_bytes(self.pid))
+        self.hwm_growth = max(0, memory_bytes(self.pid, "VmHWM") - self.baseline)

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 import report
-from procs import BENCH, ROOT, HarnessError
+from procs import BENCH, HARNESS_ERRORS, ROOT
 from workloads import (
     FULL,
     QUICK,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="zstack-bench-") as logs:
             results = run_all(settings, only, Path(logs))
-    except HarnessError as exc:
+    except HARNESS_ERRORS as exc:
         print(f"bench: the harness broke: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -34,28 +34,28 @@ import os
 import random
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 from zoneinfo import ZoneInfo
 
 import grpc
 import zstack_sim
+from meters import percentile
+from procs import HARNESS_ERRORS
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_sim.control_client import SimControl
 from zstack_sim.data import Vm
 from zstack_sim.generate import generate
+from zstack_sim.processes import Proc, free_port, scrape, start_gateway, start_simulator, wait_until
 
 C = grpc.StatusCode
-BIN = Path(sys.executable).parent
 SESSION = zstack_sim.DEMO_SESSION_UUID
+MIB = 1024 * 1024
 RSS_GROWTH_LIMIT_MB = 30.0
 FD_TOLERANCE = 4
 THREAD_TOLERANCE = 2
@@ -63,8 +63,6 @@ TASK_TOLERANCE = 2
 SETTLE_S = 1.5
 START_TIMEOUT_S = 30.0
 
-SIM_READY = re.compile(r"zstack-sim listening on (http://127\.0\.0\.1:\d+)")
-GATEWAY_READY = re.compile(r"zstack-gateway ready on (127\.0\.0\.1:\d+)")
 TASKS_LINE = re.compile(r"soak-tasks (\d+)")
 
 # Runs the gateway's own CLI, with one addition: SIGUSR1 writes the number of asyncio tasks of the
@@ -86,10 +84,6 @@ if _serve is not None:
     app.serve_until_signal = _observed
 sys.exit(cli.main(sys.argv[1:]))
 """
-
-
-class HarnessError(RuntimeError):
-    """The soak's own machinery failed: not a finding about the gateway."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,23 +205,6 @@ def write_sim_data(path: Path) -> None:
     path.write_text(json.dumps(data.to_json(ZoneInfo("Asia/Shanghai"))))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def iso_path_regex(vm: str) -> str:
     return f"^/zstack/v1/vm-instances/{vm}/iso-candidates$"
 
@@ -235,63 +212,6 @@ def iso_path_regex(vm: str) -> str:
 def plan(calls: int, seed: int) -> list[Kind]:
     rng = random.Random(seed)
     return rng.choices(KINDS, weights=[k.weight for k in KINDS], k=calls)
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class Server:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes] | None = None
-    address: str = ""
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        if self.log_file is not None:
-            self.log_file.close()
-        return self.popen.returncode
-
-
-def start_server(name: str, argv: list[str], ready: re.Pattern[str], workdir: Path) -> Server:
-    log_path = workdir / f"{name}.log"
-    log = log_path.open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_"))}
-    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Server(name, popen, log_path, log)
-    end = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < end:
-        match = ready.search(server.log_text())
-        if match:
-            server.address = match.group(1)
-            return server
-        if popen.poll() is not None:
-            break
-        time.sleep(0.05)
-    server.stop()
-    raise HarnessError(f"{name} did not start; its log:\n{server.log_text()[-3000:]}")
-
-
-def sim_call(base: str, method: str, path: str, body: object = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw.strip() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,34 +226,20 @@ class Sample:
     tasks: int | None
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        out[key] = value.strip()
-    return out
-
-
-def task_count(gateway: Server, timeout: float = 2.0) -> int | None:
+def task_count(gateway: Proc, timeout: float = 2.0) -> int | None:
     """Ask the bootstrap for its task count (SIGUSR1) and read the answer from the log."""
-    before = len(TASKS_LINE.findall(gateway.log_text()))
-    gateway.popen.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = TASKS_LINE.findall(gateway.log_text())
-        if len(found) > before:
-            return int(found[-1])
-        time.sleep(0.02)
+    before = len(TASKS_LINE.findall(gateway.log()))
+    gateway.signal(signal.SIGUSR1)
+    if wait_until(lambda: len(TASKS_LINE.findall(gateway.log())) > before, timeout):
+        return int(TASKS_LINE.findall(gateway.log())[-1])
     return None
 
 
-def sample(gateway: Server, probe_tasks: bool) -> Sample:
-    pid = gateway.popen.pid
-    status = proc_status(pid)
+def sample(gateway: Proc, probe_tasks: bool) -> Sample:
     return Sample(
-        rss_mb=int(status["VmRSS"].split()[0]) / 1024,
-        fds=len(os.listdir(f"/proc/{pid}/fd")),
-        threads=int(status["Threads"]),
+        rss_mb=gateway.memory() / MIB,
+        fds=len(os.listdir(f"/proc/{gateway.pid}/fd")),
+        threads=len(os.listdir(f"/proc/{gateway.pid}/task")),
         tasks=task_count(gateway) if probe_tasks else None,
     )
 
@@ -455,13 +361,6 @@ async def run_calls(
 # Report
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def print_calls(results: Results, elapsed: float) -> None:
     codes = sorted({c for counts in results.by_kind.values() for c in counts})
     header = (
@@ -473,7 +372,7 @@ def print_calls(results: Results, elapsed: float) -> None:
         counts = results.by_kind.get(kind.name, Counter())
         lat = results.latencies.get(kind.name, [])
         row = f"{kind.name:<18}{sum(counts.values()):>7}" + "".join(f"{counts.get(c, 0):>18}" for c in codes)
-        row += f"{percentile(lat, 0.5) * 1000:>9.1f}{percentile(lat, 0.99) * 1000:>9.1f}"
+        row += "".join(f"{percentile(lat, q) * 1000:>9.1f}" if lat else f"{'-':>9}" for q in (50, 99))
         print(row)
     rate = results.done / elapsed if elapsed else 0.0
     print(
@@ -504,59 +403,36 @@ def main(argv: list[str] | None = None) -> int:
     warmup = max(100, calls // 10)
 
     workdir = Path(tempfile.mkdtemp(prefix="zstack-soak-"))
-    servers: list[Server] = []
+    servers: list[Proc] = []
     failures: list[str] = []
     try:
         data_file = workdir / "sim-data.json"
         write_sim_data(data_file)
-        sim = start_server(
-            "simulator",
-            [str(BIN / "zstack-sim"), "--listen", "127.0.0.1:0", "--data", str(data_file)],
-            SIM_READY,
-            workdir,
-        )
+        sim = start_simulator(workdir, "--data", str(data_file), timeout=START_TIMEOUT_S)
         servers.append(sim)
+        control = SimControl(sim.address)
         metrics_port = free_port()
-        gateway_cmd = (
-            [str(BIN / "zstack-gateway")] if not probe_tasks else [sys.executable, "-c", TASK_PROBE_BOOTSTRAP]
-        )
-        gateway = start_server(
-            "gateway",
-            [
-                *gateway_cmd,
-                "--listen",
-                "127.0.0.1:0",
-                "--zstack-url",
-                sim.address,
-                "--log-level",
-                "WARNING",
-                "--shutdown-grace",
-                "2",
-                "--metrics-listen",
-                f"127.0.0.1:{metrics_port}",
-            ],
-            GATEWAY_READY,
+        gateway = start_gateway(
             workdir,
+            sim.address,
+            "--log-level",
+            "WARNING",
+            "--shutdown-grace",
+            "2",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+            command=[sys.executable, "-c", TASK_PROBE_BOOTSTRAP] if probe_tasks else None,
+            timeout=START_TIMEOUT_S,
         )
         servers.append(gateway)
 
         for kind in KINDS:
             if kind.fault is not None:
-                sim_call(sim.address, "POST", "/_sim/faults", {**kind.fault, "path": iso_path_regex(kind.vm)})
-        sim_call(
-            sim.address,
-            "POST",
-            "/_sim/faults",
-            {"action": "delay_only", "delay": SLOW_DELAY, "path": iso_path_regex(SLOW_VM)},
-        )
+                control.fault(**kind.fault, path=iso_path_regex(kind.vm))
+        control.fault(action="delay_only", delay=SLOW_DELAY, path=iso_path_regex(SLOW_VM))
         timed_uses = max(5, calls // 200)
         for action, vm in TIMED_RULES:
-            sim_call(
-                sim.address,
-                "POST",
-                "/_sim/faults",
-                {"action": action, "path": iso_path_regex(vm), "times": timed_uses},
-            )
+            control.fault(action=action, path=iso_path_regex(vm), times=timed_uses)
 
         kinds = plan(calls, args.seed)
         results = Results()
@@ -575,12 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
         time.sleep(SETTLE_S)
         end = sample(gateway, probe_tasks)
-        peak_rss = max(peak_rss, end.rss_mb, int(proc_status(gateway.popen.pid)["VmHWM"].split()[0]) / 1024)
+        peak_rss = max(peak_rss, end.rss_mb, gateway.memory("VmHWM") / MIB)
         metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         in_flight = metrics.get("zstack_gateway_rpcs_in_flight", -1.0)
-        stats = sim_call(sim.address, "GET", "/_sim/stats")
-        rules_left = sim_call(sim.address, "GET", "/_sim/faults")
-        assert isinstance(stats, dict) and isinstance(rules_left, list)
+        stats = control.stats()
+        rules_left = control.faults()
 
         print_calls(results, elapsed)
         print()
@@ -630,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         if timed_left:
             failures.append(f"times-limited rules not used up: {timed_left}")
         tracebacks = [
-            line for line in gateway.log_text().splitlines() if "Traceback (most recent call last)" in line
+            line for line in gateway.log().splitlines() if "Traceback (most recent call last)" in line
         ]
         if tracebacks:
             problem = (
@@ -645,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = gateway.stop()
         if rc != 0:
             failures.append(f"the gateway exited with {rc} on SIGTERM")
-    except (HarnessError, OSError) as exc:
+    except (*HARNESS_ERRORS, OSError) as exc:
         print(f"soak: harness error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -19,11 +19,11 @@ from typing import Any
 import procs
 import zstack_sim
 from callers import Caller, DirectCaller, GatewayCaller, Timing, burst, throughput, timed_block
-from meters import CpuMeter, RssSampler, SimControl, median, percentile
-from procs import Proc
+from meters import CpuMeter, RssSampler, median, percentile
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import Proc
 
 MS = 1000.0
-MB = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,12 @@ def servers(log_dir: Path, images: int | None) -> Iterator[Servers]:
     data with the demo VM's candidates cut to the seed page's image."""
     tag = "seed" if images is None else str(images)
     with contextlib.ExitStack() as stack:
-        sim = procs.start_simulator(log_dir, tag, images)
+        sim = procs.simulator(log_dir, tag, images)
         stack.callback(sim.stop)
         control = SimControl(sim.address)
-        stack.callback(control.close)
         if images is None:
-            control.set_candidates(zstack_sim.DEMO_VM_UUID, [zstack_sim.DEMO_SEED_IMAGE_UUID])
-        gateway = procs.start_gateway(log_dir, tag, sim.address)
+            control.set_vm(zstack_sim.DEMO_VM_UUID, candidates=[zstack_sim.DEMO_SEED_IMAGE_UUID])
+        gateway = procs.gateway(log_dir, tag, sim.address)
         stack.callback(gateway.stop)
         yield Servers(sim, gateway, control, 1 if images is None else images, log_dir)
 
@@ -341,15 +340,15 @@ def p4_fan_in(servers: Servers, s: Settings) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     meters = {path: CpuMeter(watched) for path, watched in _meters(servers).items()}
     try:
-        control.set_latency(0)
+        control.config(latency_ms=0)
         for callers in paths.values():
             _warm(callers, 1, servers.images)
-        control.set_latency(s.p4_latency_ms)
+        control.config(latency_ms=s.p4_latency_ms)
         for index in range(s.p4_rounds):
             for path in ("direct", "gateway") if index % 2 == 0 else ("gateway", "direct"):
                 rounds[path].append(_burst_round(paths[path], control, meters[path]))
     finally:
-        control.set_latency(0)
+        control.config(latency_ms=0)
         for callers in paths.values():
             for caller in callers:
                 caller.close()
@@ -380,13 +379,13 @@ def p5_throughput(servers: Servers, s: Settings) -> dict[str, Any]:
     """P5: calls/s at a fixed concurrency with no simulator latency, gateway against a bare grpc.aio
     server streaming the same messages with no upstream call; one load generator drives both."""
     with contextlib.ExitStack() as stack:
-        bare = procs.start_bare_server(servers.log_dir, servers.sim_url)
+        bare = procs.bare_server(servers.log_dir, servers.sim_url)
         stack.callback(bare.stop)
         targets = {"bare": bare.address, "gateway": servers.gateway.address}
         meters = {"bare": CpuMeter({"bare": bare}), "gateway": CpuMeter(servers.procs())}
         results: dict[str, list[float]] = {"bare": [], "gateway": []}
         calls: dict[str, int] = {"bare": 0, "gateway": 0}
-        servers.control.set_latency(0)
+        servers.control.config(latency_ms=0)
         for index in range(s.p5_rounds):
             for name in ("bare", "gateway") if index % 2 == 0 else ("gateway", "bare"):
                 if name == "gateway":

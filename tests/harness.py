@@ -1,19 +1,31 @@
-"""Real servers for tests: gateways on one shared event loop in a thread, on loopback ports."""
+"""Real servers for tests: gateways on one shared event loop in a thread, on loopback ports; the
+credentials settings of the demo account; what counts as a gateway traceback in a log."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
+import logging
 import threading
-import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
+import zstack_sim
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, Gateway
 from zstack_gateway import app as gateway_app
+from zstack_gateway.settings import Secret
+
+
+def has_traceback(record: logging.LogRecord) -> bool:
+    """A record of the gateway's, grpc's or asyncio's loggers that carries a traceback: an exception
+    the gateway did not expect (the simulator's and the test's own loggers are not the gateway's)."""
+    return record.name.startswith(("zstack_gateway", "grpc", "asyncio")) and bool(
+        record.exc_info or "Traceback" in record.getMessage()
+    )
 
 
 class _SharedLoop:
@@ -57,62 +69,69 @@ class GatewayThread:
         return self.call(wrapper())
 
     def stop(self, grace: float = 0) -> None:
+        if "_stub_channel" in self.__dict__:
+            self._stub_channel.close()
         self.call(self.gateway.stop(grace))
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)
 
-    def stub(self, channel: grpc.Channel) -> svc_grpc.VmInstanceServiceStub:
-        return svc_grpc.VmInstanceServiceStub(channel)
+    @functools.cached_property
+    def _stub_channel(self) -> grpc.Channel:
+        return self.channel()
+
+    @functools.cached_property
+    def stub(self) -> svc_grpc.VmInstanceServiceStub:
+        """A stub on a channel of this gateway's own, opened on first use and closed by stop()."""
+        return svc_grpc.VmInstanceServiceStub(self._stub_channel)
 
 
-class SimControl:
-    """The simulator's HTTP control plane (/_sim/...), as a test drives it."""
+class Gateways:
+    """Starts gateways with ``Config`` settings (each call's keyword arguments over ``defaults``) and
+    stops every one it started when the ``with`` block ends. The defaults: a free loopback port, no
+    background readiness checks (the tests count ZStack requests) and a 5 s budget for a call
+    without a deadline."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, zstack_url: str, **defaults: Any) -> None:
+        self.defaults: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "zstack_url": zstack_url,
+            "readiness_interval": 0.0,
+            "default_timeout": 5.0,
+            **defaults,
+        }
+        self.started: list[GatewayThread] = []
 
-    def _call(self, method: str, path: str, body: object = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw.strip() else None
+    def __call__(self, **overrides: Any) -> GatewayThread:
+        gw = GatewayThread(Config(**{**self.defaults, **overrides}).check())
+        self.started.append(gw)
+        return gw
 
-    def reset(self) -> None:
-        self._call("POST", "/_sim/reset", {})
+    def __enter__(self) -> Self:
+        return self
 
-    def requests(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/_sim/requests")
-        return result
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for gw in self.started:
+            gw.stop()
 
-    def zstack_requests(self) -> list[dict[str, Any]]:
-        """Requests to ZStack's API made on behalf of callers (the gateway's background readiness
-        checks of /zstack/v1/management-nodes/ready left out)."""
-        return [
-            r
-            for r in self.requests()
-            if r["path"].startswith("/zstack/") and r["path"] != "/zstack/v1/management-nodes/ready"
-        ]
 
-    def fault(self, **rule: object) -> None:
-        self._call("POST", "/_sim/faults", rule)
+def account(**overrides: Any) -> dict[str, Any]:
+    """Config settings of account mode with the demo account."""
+    return {
+        "auth_mode": "account",
+        "zstack_account": zstack_sim.DEMO_ACCOUNT_NAME,
+        "zstack_password": Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
+        **overrides,
+    }
 
-    def clear_faults(self) -> None:
-        self._call("DELETE", "/_sim/faults")
 
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/_sim/stats")
-        return result
-
-    def expire_session(self, uuid: str) -> None:
-        self._call("POST", f"/_sim/sessions/{uuid}/expire", {})
-
-    def config(self, **settings: object) -> None:
-        """Change the simulator's settings, e.g. ``latency_ms``."""
-        self._call("POST", "/_sim/config", settings)
-
-    def set_ready(self, ready: bool) -> None:
-        self._call("POST", "/_sim/ready", {"ready": ready})
+def access_key(**overrides: Any) -> dict[str, Any]:
+    """Config settings of AccessKey mode with the demo access key."""
+    return {
+        "auth_mode": "access-key",
+        "zstack_access_key_id": zstack_sim.DEMO_ACCESS_KEY_ID,
+        "zstack_access_key_secret": Secret(zstack_sim.DEMO_ACCESS_KEY_SECRET),
+        **overrides,
+    }

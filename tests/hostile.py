@@ -1,11 +1,15 @@
-"""A hostile ZStack for tests: an aiohttp server on 127.0.0.1, in a thread of its own with its own
-event loop, that stands in front of the simulator.
+"""Hostile ZStacks for tests, on 127.0.0.1.
+
+:class:`HostileUpstream` is an aiohttp server, in a thread of its own with its own event loop, that
+stands in front of the simulator.
 
 Every request is logged here (``log``) and forwarded to the simulator, so the simulator's request
 log sees it too; a rule whose regex matches the request's path then replaces the simulator's answer
 with raw bytes (whatever their encoding), or closes the connection, or holds it. Requests that no
 rule matches get the simulator's answer unchanged. Rules marked ``forward=False`` answer without
 asking the simulator (a login that must not create a session, a peer that does not answer).
+
+:class:`RawListener` is a bare TCP listener, for peers that speak HTTP byte by byte (or not at all).
 """
 
 from __future__ import annotations
@@ -16,10 +20,8 @@ import re
 import socket
 import struct
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -76,6 +78,12 @@ class HostileUpstream:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- the server ----------------------------------------------------------------------------
 
@@ -141,6 +149,48 @@ class HostileUpstream:
         return web.Response(status=rule.status, body=rule.body, headers=rule.headers)
 
 
+class RawListener:
+    """A TCP listener on 127.0.0.1 (``port``, ``url``) whose accept loop runs in a thread of its own
+    and hands every connection to :meth:`handle`, on that thread."""
+
+    def __init__(self, backlog: int = 64) -> None:
+        self.port = 0
+        self._backlog = backlog
+        self.listen()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def listen(self) -> None:
+        """Listen (again, on the same port after :meth:`stop_listening`)."""
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(self._backlog)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="raw-listener", daemon=True)
+        self._thread.start()
+
+    def stop_listening(self) -> None:
+        """Close the listening socket: connections to the port are refused until :meth:`listen`."""
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.handle(conn)
+
+
 def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is None:
@@ -150,28 +200,3 @@ def _abort(request: web.Request) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-@contextlib.contextmanager
-def hostile_upstream(sim_url: str) -> Iterator[HostileUpstream]:
-    upstream = HostileUpstream(sim_url)
-    try:
-        yield upstream
-    finally:
-        upstream.close()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (for a refused connection)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Any, timeout: float = 2.0, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())

@@ -8,7 +8,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 HAVE_OPENSSL = shutil.which("openssl") is not None
+needs_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl CLI to make certificates")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import grpc
 import pytest
 import zstack_sim
-from harness import SimControl
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
+from zstack_sim.control_client import SimControl
 
 C = grpc.StatusCode
 VM = zstack_sim.DEMO_VM_UUID

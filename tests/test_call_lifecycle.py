@@ -15,17 +15,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
 import zstack_sim
+from calls import deadline_storm
 from conftest import AUTH
-from harness import GatewayThread, SimControl
+from harness import GatewayThread, has_traceback
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
 from zstack_sim.generate import generate
 
 VM = zstack_sim.DEMO_VM_UUID
@@ -53,20 +55,6 @@ def big_control(big_sim) -> Iterator[SimControl]:
 
 
 @pytest.fixture
-def make_gateway():
-    started: list[GatewayThread] = []
-
-    def make(url: str, **overrides) -> GatewayThread:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=url, **overrides).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
-
-
-@pytest.fixture
 def contention() -> Iterator[None]:
     """Two busy processes beside the test for its duration: the gateway's loop gets less CPU."""
     code = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
@@ -91,8 +79,7 @@ class CallLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.name == "zstack_gateway.rpc" and hasattr(record, "grpc_code"):
             self.calls.append(record)
-        gateway_side = record.name.startswith(("zstack_gateway", "grpc", "asyncio"))
-        if gateway_side and (record.exc_info or "Traceback" in record.getMessage()):
+        if has_traceback(record):
             self.tracebacks.append(record)
 
     def codes(self, request_ids: set[str] | None = None) -> Counter:
@@ -166,32 +153,44 @@ async def read_all(call) -> int | grpc.StatusCode:
 # Coalescing never strands a caller
 
 
-async def _abandon_and_join(target: str, sim: SimControl, trials: int, seed: int) -> list[object]:
-    """Per trial: A starts; B sends the identical call 0-80 ms later; A cancels before or after B
-    joined; ZStack answers 0.3 s after A's cancel. B must get the whole list."""
+Trial = Callable[[svc_grpc.VmInstanceServiceStub, random.Random, int], Awaitable[list[object]]]
+
+
+async def run_trials(target: str, trials: int, seed: int, trial: Trial) -> list[object]:
+    """``trial(stub, rng, index)`` ``trials`` times, one after the other, on one channel to
+    ``target`` and with one random generator seeded with ``seed``: every failure they returned."""
     rng = random.Random(seed)
     failures: list[object] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = svc_grpc.VmInstanceServiceStub(channel)
-        for trial in range(trials):
-            join_after = rng.uniform(0.0, 0.08)
-            cancel_after = rng.uniform(0.0, 0.08)
-            sim.fault(action="delay_only", delay=cancel_after + 0.3, times=1)
-            a = stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)
-            a_read = asyncio.ensure_future(read_all(a))
-
-            async def b_call(delay: float = join_after) -> int | grpc.StatusCode:
-                await asyncio.sleep(delay)
-                return await read_all(stub.GetCandidateIso(request(), metadata=AUTH, timeout=4))
-
-            b = asyncio.ensure_future(b_call())
-            await asyncio.sleep(cancel_after)
-            a.cancel()
-            result = await asyncio.wait_for(b, 10)
-            await a_read
-            if result != 5:
-                failures.append((trial, round(join_after, 3), round(cancel_after, 3), result))
+        for index in range(trials):
+            failures += await trial(stub, rng, index)
     return failures
+
+
+async def _abandon_and_join(target: str, sim: SimControl, trials: int, seed: int) -> list[object]:
+    """Per trial: A starts; B sends the identical call 0-80 ms later; A cancels before or after B
+    joined; ZStack answers 0.3 s after A's cancel. B must get the whole list."""
+
+    async def trial(stub: svc_grpc.VmInstanceServiceStub, rng: random.Random, index: int) -> list[object]:
+        join_after = rng.uniform(0.0, 0.08)
+        cancel_after = rng.uniform(0.0, 0.08)
+        sim.fault(action="delay_only", delay=cancel_after + 0.3, times=1)
+        a = stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)
+        a_read = asyncio.ensure_future(read_all(a))
+
+        async def b_call() -> int | grpc.StatusCode:
+            await asyncio.sleep(join_after)
+            return await read_all(stub.GetCandidateIso(request(), metadata=AUTH, timeout=4))
+
+        b = asyncio.ensure_future(b_call())
+        await asyncio.sleep(cancel_after)
+        a.cancel()
+        result = await asyncio.wait_for(b, 10)
+        await a_read
+        return [] if result == 5 else [(index, round(join_after, 3), round(cancel_after, 3), result)]
+
+    return await run_trials(target, trials, seed, trial)
 
 
 def test_a_caller_joining_a_shared_call_gets_its_result_whatever_the_first_caller_does(
@@ -209,28 +208,21 @@ def test_joining_just_as_the_first_caller_cancels_never_strands_the_joiner(
     """The narrow window: A cancels and B joins within a few milliseconds, while the abandoned
     upstream request is being torn down."""
 
-    async def main() -> list[object]:
-        rng = random.Random(7)
-        failures: list[object] = []
-        async with grpc.aio.insecure_channel(gateway.target) as channel:
-            stub = svc_grpc.VmInstanceServiceStub(channel)
-            for trial in range(50):
-                sim.fault(action="delay_only", delay=0.3, times=2)
-                a = stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)
-                a_read = asyncio.ensure_future(read_all(a))
-                await asyncio.sleep(0.05)
-                a.cancel()
-                await asyncio.sleep(rng.uniform(0.0, 0.006))
-                result = await asyncio.wait_for(
-                    read_all(stub.GetCandidateIso(request(), metadata=AUTH, timeout=4)), 10
-                )
-                await a_read
-                if result != 5:
-                    failures.append((trial, result))
-                sim.clear_faults()
-        return failures
+    async def trial(stub: svc_grpc.VmInstanceServiceStub, rng: random.Random, index: int) -> list[object]:
+        sim.fault(action="delay_only", delay=0.3, times=2)
+        a = stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)
+        a_read = asyncio.ensure_future(read_all(a))
+        await asyncio.sleep(0.05)
+        a.cancel()
+        await asyncio.sleep(rng.uniform(0.0, 0.006))
+        result = await asyncio.wait_for(
+            read_all(stub.GetCandidateIso(request(), metadata=AUTH, timeout=4)), 10
+        )
+        await a_read
+        sim.clear_faults()
+        return [] if result == 5 else [(index, result)]
 
-    failures = asyncio.run(main())
+    failures = asyncio.run(run_trials(gateway.target, 50, 7, trial))
     assert failures == [], failures
     settle(gateway)
     assert call_log.tracebacks == []
@@ -240,32 +232,27 @@ def test_many_sharers_cancelling_at_random_never_end_the_others(gateway, sim: Si
     """20 identical callers share one upstream call; a random half cancel at random moments; every
     other caller gets the whole list, and exactly one upstream request was made per round."""
 
-    async def main() -> list[object]:
-        rng = random.Random(11)
-        failures: list[object] = []
-        async with grpc.aio.insecure_channel(gateway.target) as channel:
-            stub = svc_grpc.VmInstanceServiceStub(channel)
-            for round_ in range(10):
-                sim.reset()
-                sim.config(latency_ms=300)
-                calls = []
-                for _ in range(20):
-                    calls.append(stub.GetCandidateIso(request(), metadata=AUTH, timeout=5))
-                    await asyncio.sleep(rng.uniform(0, 0.01))
-                readers = [asyncio.ensure_future(read_all(c)) for c in calls]
-                cancelled = set(rng.sample(range(20), 10))
-                for i in sorted(cancelled, key=lambda _: rng.random()):
-                    await asyncio.sleep(rng.uniform(0, 0.03))
-                    calls[i].cancel()
-                results = await asyncio.gather(*readers)
-                for i, result in enumerate(results):
-                    if i not in cancelled and result != 5:
-                        failures.append((round_, i, result))
-                if len(sim.zstack_requests()) != 1:
-                    failures.append((round_, "upstream requests", len(sim.zstack_requests())))
+    async def round_(stub: svc_grpc.VmInstanceServiceStub, rng: random.Random, index: int) -> list[object]:
+        sim.reset()
+        sim.config(latency_ms=300)
+        calls = []
+        for _ in range(20):
+            calls.append(stub.GetCandidateIso(request(), metadata=AUTH, timeout=5))
+            await asyncio.sleep(rng.uniform(0, 0.01))
+        readers = [asyncio.ensure_future(read_all(c)) for c in calls]
+        cancelled = set(rng.sample(range(20), 10))
+        for i in sorted(cancelled, key=lambda _: rng.random()):
+            await asyncio.sleep(rng.uniform(0, 0.03))
+            calls[i].cancel()
+        results = await asyncio.gather(*readers)
+        failures: list[object] = [
+            (index, i, result) for i, result in enumerate(results) if i not in cancelled and result != 5
+        ]
+        if len(sim.zstack_requests()) != 1:
+            failures.append((index, "upstream requests", len(sim.zstack_requests())))
         return failures
 
-    assert asyncio.run(main()) == []
+    assert asyncio.run(run_trials(gateway.target, 10, 11, round_)) == []
     settle(gateway)
 
 
@@ -325,7 +312,7 @@ async def _mixed_streams(target: str, n: int, seed: int) -> dict[str, tuple[str,
 def test_every_call_gets_one_log_line_and_one_count_however_it_ends(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
     before = rpcs_total(gw)
     seen = asyncio.run(_mixed_streams(gw.target, 400, seed=5))
     settle(gw)
@@ -352,7 +339,7 @@ def test_every_call_gets_one_log_line_and_one_count_however_it_ends(
 def test_the_logged_outcome_is_what_the_caller_saw(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
     target = gw.target
 
     async def main() -> dict[str, object]:
@@ -401,7 +388,7 @@ def test_the_logged_outcome_is_what_the_caller_saw(
 def test_a_stream_nobody_reads_is_ended_after_the_idle_timeout(
     big_sim, big_control: SimControl, make_gateway, call_log: CallLog
 ):
-    gw = make_gateway(big_sim.url, stream_idle_timeout=0.5, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, stream_idle_timeout=0.5, default_timeout=10.0)
 
     async def main() -> tuple[int, object, float]:
         # A tiny receive window: the gateway's writes block as soon as the caller stops reading.
@@ -433,7 +420,7 @@ def test_a_stream_nobody_reads_is_ended_after_the_idle_timeout(
 
 
 def test_a_normal_call_stays_fast_while_streams_are_not_read(big_sim, big_control: SimControl, make_gateway):
-    gw = make_gateway(big_sim.url, default_timeout=10.0)
+    gw = make_gateway(zstack_url=big_sim.url, default_timeout=10.0)
 
     async def main() -> float:
         options = [("grpc.http2.lookahead_bytes", 16 * 1024), ("grpc.http2.bdp_probe", 0)]
@@ -490,24 +477,6 @@ def test_a_request_that_is_not_valid_protobuf_is_invalid_argument(gateway, sim: 
 # Deadlines under load: no second status, no traceback
 
 
-async def _deadline_storm(target: str, calls: int, concurrency: int, deadline_s: float) -> Counter:
-    codes: Counter = Counter()
-    todo = list(range(calls))
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-
-        async def worker() -> None:
-            while todo:
-                i = todo.pop()
-                vm = ("fa17" if i % 2 else "fb17") + "0" * 28
-                codes[
-                    await read_all(stub.GetCandidateIso(request(vm), metadata=AUTH, timeout=deadline_s))
-                ] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return codes
-
-
 @pytest.mark.parametrize("deadline_s", [0.05, 0.2, 0.4])
 def test_calls_ending_at_their_deadline_under_contention_log_no_traceback(
     gateway, sim: SimControl, contention, call_log: CallLog, deadline_s
@@ -515,7 +484,8 @@ def test_calls_ending_at_their_deadline_under_contention_log_no_traceback(
     sim.fault(action="hang", path="/vm-instances/fa17")
     sim.fault(action="drip", interval=0.02, path="/vm-instances/fb17")
     before = rpcs_total(gateway)
-    codes = asyncio.run(_deadline_storm(gateway.target, 200, 64, deadline_s))
+    vms = ["fb17" + "0" * 28, "fa17" + "0" * 28]  # a drip, and a hang
+    codes = asyncio.run(deadline_storm(gateway.target, 200, 64, vms, deadline_s))
     assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
     sim.clear_faults()
     settle(gateway)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,10 +22,12 @@ from conftest import SESSION
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from zstack.v1 import error_pb2, image_pb2, vm_instance_service_pb2, vm_instance_service_pb2_grpc
 from zstack_iso import AsyncIsoClient, ImageInventory, IsoClient, ZStackError
 from zstack_iso.cli import human_size
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import free_port
 
 SEED_UUID = "cb2c34a46a753c5ab95807fabbae56af"
 BAD_UUID = "not-a-uuid"
@@ -43,13 +44,6 @@ def target(gateway: GatewayThread, sim: SimControl) -> str:
 def client(target: str) -> Iterator[IsoClient]:
     with IsoClient(target, session=SESSION, timeout=10) as c:
         yield c
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +100,7 @@ def test_no_session_is_unauthenticated(target: str) -> None:
 
 
 def test_closed_port_is_unavailable_as_zstack_error() -> None:
-    closed = IsoClient(f"127.0.0.1:{closed_port()}", session=SESSION, timeout=5)
+    closed = IsoClient(f"127.0.0.1:{free_port()}", session=SESSION, timeout=5)
     with closed, pytest.raises(ZStackError) as info:
         closed.list_candidates(zstack_sim.DEMO_VM_UUID)
     err = info.value

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import zstack_sim
 from conftest import SESSION
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
+from zstack_sim.control_client import SimControl
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "client"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,68 +14,28 @@ import grpc.aio
 import pytest
 import zstack_sim
 from conftest import SESSION
-from harness import GatewayThread, SimControl
-from pki import HAVE_OPENSSL, Pki, make_pki
+from harness import Gateways, GatewayThread, account
+from pki import Pki, needs_openssl
 from zstack.v1 import image_pb2
-from zstack_gateway import Config
 from zstack_gateway.settings import Secret
 from zstack_iso import AsyncIsoClient, IsoClient, TlsConfig, ZStackError, message_to_dict
+from zstack_sim.control_client import SimControl
 
 VM = zstack_sim.DEMO_VM_UUID
 TOKEN = "caller-token-0123456789abcdef"
 ALL = list(zstack_sim.DEMO_IMAGE_UUIDS)
 C = grpc.StatusCode
 
-needs_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl CLI to make certificates")
+
+@pytest.fixture(scope="module")
+def token_gw(module_gateways: Gateways) -> GatewayThread:
+    return module_gateways(**account(caller_tokens=Secret(TOKEN)))
 
 
 @pytest.fixture(scope="module")
-def start(simulator: zstack_sim.ThreadedSimulator) -> Iterator[Any]:
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> GatewayThread:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "default_timeout": 5.0,
-            "readiness_interval": 0.0,
-            **overrides,
-        }
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
-
-
-def account(**overrides: Any) -> dict[str, Any]:
-    return {
-        "auth_mode": "account",
-        "zstack_account": zstack_sim.DEMO_ACCOUNT_NAME,
-        "zstack_password": Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-        **overrides,
-    }
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if not HAVE_OPENSSL:
-        pytest.skip("needs the openssl CLI to make certificates")
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def token_gw(start: Any) -> GatewayThread:
-    gw: GatewayThread = start(**account(caller_tokens=Secret(TOKEN)))
-    return gw
-
-
-@pytest.fixture(scope="module")
-def mtls_token_gw(start: Any, pki: Pki) -> GatewayThread:
+def mtls_token_gw(module_gateways: Gateways, pki: Pki) -> GatewayThread:
     """Account mode with caller tokens and mutual TLS."""
-    gw: GatewayThread = start(
+    return module_gateways(
         **account(
             caller_tokens=Secret(TOKEN),
             tls_cert=str(pki.server_cert),
@@ -84,7 +43,6 @@ def mtls_token_gw(start: Any, pki: Pki) -> GatewayThread:
             tls_client_ca=str(pki.ca),
         )
     )
-    return gw
 
 
 def uuids(images: list[image_pb2.ImageInventory]) -> list[str]:

@@ -7,6 +7,7 @@ end-to-end behaviour through grpc is covered in test_call_lifecycle.py and test_
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -20,12 +21,19 @@ def deadline(seconds: float = 5.0) -> Deadline:
 
 
 class Work:
-    """Counts its starts; each run waits ``delay`` and returns its run number. ``wind_down``: how long
-    a cancelled run takes to end (an upstream request being torn down)."""
+    """Counts its starts; each run waits ``delay`` and returns its run number, or raises what
+    ``fails(run number)`` gives (None: no failure). ``wind_down``: how long a cancelled run takes to
+    end (an upstream request being torn down)."""
 
-    def __init__(self, delay: float = 0.05, wind_down: float = 0.0) -> None:
+    def __init__(
+        self,
+        delay: float = 0.05,
+        wind_down: float = 0.0,
+        fails: Callable[[int], BaseException | None] = lambda run: None,
+    ) -> None:
         self.delay = delay
         self.wind_down = wind_down
+        self.fails = fails
         self.starts = 0
 
     async def __call__(self) -> int:
@@ -37,6 +45,9 @@ class Work:
             if self.wind_down:
                 await asyncio.sleep(self.wind_down)
             raise
+        failure = self.fails(run)
+        if failure is not None:
+            raise failure
         return run
 
 
@@ -110,16 +121,7 @@ def test_work_is_abandoned_once_every_caller_left():
 def test_a_shared_run_that_ran_out_on_an_earlier_deadline_is_started_again_for_a_later_one():
     async def main():
         c: Coalescer[int] = Coalescer()
-        starts = 0
-
-        async def work() -> int:
-            nonlocal starts
-            starts += 1
-            if starts == 1:
-                await asyncio.sleep(0.05)
-                raise deadline_exceeded(0.05, caller_deadline=True)
-            return starts
-
+        work = Work(fails=lambda run: deadline_exceeded(0.05, caller_deadline=True) if run == 1 else None)
         short = asyncio.ensure_future(c.run("k", work, deadline(0.05)))
         await asyncio.sleep(0.01)
         long = asyncio.ensure_future(c.run("k", work, deadline(5)))
@@ -134,18 +136,11 @@ def test_a_shared_run_that_ran_out_on_an_earlier_deadline_is_started_again_for_a
 def test_errors_are_shared_like_results():
     async def main():
         c: Coalescer[int] = Coalescer()
-        starts = 0
-
-        async def work() -> int:
-            nonlocal starts
-            starts += 1
-            await asyncio.sleep(0.02)
-            raise ValueError("boom")
-
+        work = Work(delay=0.02, fails=lambda run: ValueError("boom"))
         results = await asyncio.gather(
             *(c.run("k", work, deadline()) for _ in range(4)), return_exceptions=True
         )
-        return [type(r).__name__ for r in results], starts
+        return [type(r).__name__ for r in results], work.starts
 
     assert run(main()) == (["ValueError"] * 4, 1)
 

@@ -11,8 +11,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ import zstack_sim
 from conftest import AUTH, SESSION
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from harness import GatewayThread, SimControl
+from harness import access_key, account
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
@@ -34,6 +32,8 @@ from zstack_gateway import Config, ConfigError, cli
 from zstack_gateway.auth.access_key import access_key_signature, http_date
 from zstack_gateway.settings import Secret
 from zstack_sim.auth import parse_http_date
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 VM = zstack_sim.DEMO_VM_UUID
@@ -77,10 +77,6 @@ def sessions_used(sim: SimControl) -> list[str]:
     return [r["headers"]["Authorization"].removeprefix("OAuth ") for r in iso_requests(sim)]
 
 
-def advance_clock(sim: SimControl, seconds: float) -> None:
-    sim._call("POST", "/_sim/clock", {"advance": seconds})
-
-
 def burst(stub, n: int, metadata=()) -> list[Any]:
     barrier = threading.Barrier(n)
 
@@ -93,46 +89,6 @@ def burst(stub, n: int, metadata=()) -> list[Any]:
 
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(one, range(n)))
-
-
-@pytest.fixture
-def make_gateway(simulator, monkeypatch) -> Iterator[Any]:
-    """make(**config) -> (GatewayThread, stub); readiness off unless asked, so logins happen on calls."""
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> tuple[GatewayThread, svc_grpc.VmInstanceServiceStub]:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "default_timeout": 5.0,
-            "readiness_interval": 0.0,
-        }
-        settings.update(overrides)
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw, svc_grpc.VmInstanceServiceStub(gw.channel())
-
-    yield make
-    for gw in started:
-        gw.stop()
-
-
-def account(**overrides: Any) -> dict[str, Any]:
-    return {
-        "auth_mode": "account",
-        "zstack_account": zstack_sim.DEMO_ACCOUNT_NAME,
-        "zstack_password": Secret(PASSWORD),
-        **overrides,
-    }
-
-
-def access_key(**overrides: Any) -> dict[str, Any]:
-    return {
-        "auth_mode": "access-key",
-        "zstack_access_key_id": KEY_ID,
-        "zstack_access_key_secret": Secret(KEY_SECRET),
-        **overrides,
-    }
 
 
 # --- pass-through (the default) --------------------------------------------------------------------
@@ -148,7 +104,7 @@ def test_pass_through_sends_the_callers_session_unchanged(stub, sim: SimControl)
 
 
 def test_account_mode_logs_in_and_uses_its_session(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     assert images(stub) == list(zstack_sim.DEMO_IMAGE_UUIDS)
     [login] = logins(sim)
     assert login["method"] == "PUT"
@@ -169,7 +125,7 @@ def test_account_mode_logs_in_and_uses_its_session(make_gateway, sim: SimControl
 
 
 def test_concurrent_first_calls_share_one_login(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account(coalesce=False))
+    stub = make_gateway(**account(coalesce=False)).stub
     sim.fault(path="^/zstack/v1/accounts/login$", action="delay_only", delay=0.3, times=1)
     results = burst(stub, 12)
     assert all(isinstance(r, list) and r for r in results), results
@@ -179,7 +135,7 @@ def test_concurrent_first_calls_share_one_login(make_gateway, sim: SimControl):
 
 
 def test_an_expired_session_means_one_login_again_and_one_retry(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     assert images(stub)
     [first] = sessions_used(sim)
     sim.expire_session(first)
@@ -191,11 +147,11 @@ def test_an_expired_session_means_one_login_again_and_one_retry(make_gateway, si
 
 def test_an_idle_session_that_timed_out_is_renewed_by_a_login(make_gateway, sim: SimControl):
     sim.config(session_timeout=60)
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     assert images(stub)
-    advance_clock(sim, 30)
+    sim.advance_clock(30)
     assert images(stub)  # used within the timeout: the session slid on
-    advance_clock(sim, 61)
+    sim.advance_clock(61)
     assert images(stub)  # idle past the timeout: ID.1001, login, retry
     assert len(logins(sim)) == 2
     used = sessions_used(sim)
@@ -203,7 +159,7 @@ def test_an_idle_session_that_timed_out_is_renewed_by_a_login(make_gateway, sim:
 
 
 def test_a_burst_failing_on_one_expired_session_logs_in_once(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account(coalesce=False))
+    stub = make_gateway(**account(coalesce=False)).stub
     assert images(stub)
     [first] = sessions_used(sim)
     sim.expire_session(first)
@@ -214,7 +170,7 @@ def test_a_burst_failing_on_one_expired_session_logs_in_once(make_gateway, sim: 
 
 
 def test_a_session_invalid_twice_reaches_the_caller_as_unauthenticated(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     sim.fault(action="zstack_error", code="ID.1001", details="Session expired", times=2)
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED
@@ -225,7 +181,7 @@ def test_a_session_invalid_twice_reaches_the_caller_as_unauthenticated(make_gate
 
 
 def test_the_newer_global_session_code_also_logs_in_again(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     sim.fault(
         action="zstack_error",
         code="SYS.1006",
@@ -238,18 +194,20 @@ def test_the_newer_global_session_code_also_logs_in_again(make_gateway, sim: Sim
 
 
 def test_shutdown_logs_the_session_out(make_gateway, sim: SimControl):
-    gw, stub = make_gateway(**account())
+    gw = make_gateway(**account())
+    stub = gw.stub
     assert images(stub)
     [session] = sessions_used(sim)
     gw.stop()
     gw.stop = lambda grace=0: None  # the fixture's stop has nothing left to do
     logout = [r for r in sim.requests() if r["method"] == "DELETE"]
     assert [r["path"] for r in logout] == [f"/zstack/v1/accounts/sessions/{session}"]
-    assert session not in {s["uuid"] for s in sim._call("GET", "/_sim/sessions")}
+    assert session not in {s["uuid"] for s in sim.sessions()}
 
 
 def test_a_wrong_password_is_a_clear_error_without_a_login_loop(make_gateway, sim: SimControl):
-    gw, stub = make_gateway(**account(zstack_password=Secret("not-the-password")))
+    gw = make_gateway(**account(zstack_password=Secret("not-the-password")))
+    stub = gw.stub
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED
     assert d.message.startswith(
@@ -267,7 +225,7 @@ def test_a_wrong_password_is_a_clear_error_without_a_login_loop(make_gateway, si
 
 
 def test_a_wrong_password_turns_health_not_serving(make_gateway, sim: SimControl):
-    gw, _ = make_gateway(**account(zstack_password=Secret("not-the-password"), readiness_interval=60))
+    gw = make_gateway(**account(zstack_password=Secret("not-the-password"), readiness_interval=60))
     with gw.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
         status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
@@ -276,7 +234,8 @@ def test_a_wrong_password_turns_health_not_serving(make_gateway, sim: SimControl
 
 
 def test_a_good_password_logs_in_at_start_for_health(make_gateway, sim: SimControl):
-    gw, stub = make_gateway(**account(readiness_interval=60))
+    gw = make_gateway(**account(readiness_interval=60))
+    stub = gw.stub
     with gw.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
         status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
@@ -287,7 +246,7 @@ def test_a_good_password_logs_in_at_start_for_health(make_gateway, sim: SimContr
 
 
 def test_a_callers_own_session_is_refused_in_account_mode(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**account())
+    stub = make_gateway(**account()).stub
     d = failure(stub, metadata=AUTH)
     assert d.code == C.INVALID_ARGUMENT
     assert d.info.reason == "CALLER_ZSTACK_CREDENTIALS_REFUSED"
@@ -299,7 +258,7 @@ def test_a_callers_own_session_is_refused_in_account_mode(make_gateway, sim: Sim
 def test_a_callers_bearer_token_is_never_forwarded(make_gateway, sim: SimControl, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# callers\n{TOKEN}\n\n{OTHER_TOKEN}\n")
-    _, stub = make_gateway(**account(caller_tokens_file=str(tokens)))
+    stub = make_gateway(**account(caller_tokens_file=str(tokens))).stub
     assert images(stub, metadata=(("authorization", f"Bearer {OTHER_TOKEN}"),))
     [sent] = [r["headers"]["Authorization"] for r in iso_requests(sim)]
     assert sent.startswith("OAuth ") and TOKEN not in sent and OTHER_TOKEN not in sent
@@ -321,7 +280,7 @@ def _check_signature(req: dict[str, Any]) -> str:
 @pytest.mark.parametrize("check_time_zone", [False, True])
 def test_access_key_mode_signs_each_request_in_the_mns_zone(make_gateway, sim, check_time_zone):
     sim.config(check_time_zone=check_time_zone)
-    _, stub = make_gateway(**access_key())
+    stub = make_gateway(**access_key()).stub
     assert images(stub) == list(zstack_sim.DEMO_IMAGE_UUIDS)
     assert images(stub)
     for req in iso_requests(sim):
@@ -333,7 +292,7 @@ def test_access_key_mode_signs_each_request_in_the_mns_zone(make_gateway, sim, c
 
 def test_a_gmt_date_works_when_zstack_checks_the_zone(make_gateway, sim: SimControl):
     sim.config(check_time_zone=True)
-    _, stub = make_gateway(**access_key(access_key_date_zone="GMT"))
+    stub = make_gateway(**access_key(access_key_date_zone="GMT")).stub
     assert images(stub)
     [req] = iso_requests(sim)
     assert _check_signature(req).endswith(" GMT")
@@ -341,7 +300,7 @@ def test_a_gmt_date_works_when_zstack_checks_the_zone(make_gateway, sim: SimCont
 
 def test_a_gmt_date_to_a_wall_clock_mn_is_skewed_and_says_so(make_gateway, sim: SimControl):
     # ZStack's default rest.checkTimeZone=false compares wall clocks: GMT is 8 h off Asia/Shanghai.
-    _, stub = make_gateway(**access_key(access_key_date_zone="GMT"))
+    stub = make_gateway(**access_key(access_key_date_zone="GMT")).stub
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED
     assert "skew" in d.message.lower()
@@ -350,18 +309,18 @@ def test_a_gmt_date_to_a_wall_clock_mn_is_skewed_and_says_so(make_gateway, sim: 
 
 
 def test_sixteen_minutes_of_clock_skew_is_unauthenticated(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**access_key())
+    stub = make_gateway(**access_key()).stub
     assert images(stub)
-    advance_clock(sim, 16 * 60)
+    sim.advance_clock(16 * 60)
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED
     assert "requestTimeTooSkewed" in d.message and "skew" in d.message.lower()
-    advance_clock(sim, -16 * 60 + 14 * 60)  # 14 minutes: within ZStack's 15
+    sim.advance_clock(-16 * 60 + 14 * 60)  # 14 minutes: within ZStack's 15
     assert images(stub)
 
 
 def test_a_wrong_access_key_secret_is_unauthenticated(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**access_key(zstack_access_key_secret=Secret("not-the-secret")))
+    stub = make_gateway(**access_key(zstack_access_key_secret=Secret("not-the-secret"))).stub
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED
     assert d.error_code is not None and d.error_code.code == "ID.1000"
@@ -370,7 +329,7 @@ def test_a_wrong_access_key_secret_is_unauthenticated(make_gateway, sim: SimCont
 
 
 def test_a_callers_own_credentials_are_refused_in_access_key_mode(make_gateway, sim: SimControl):
-    _, stub = make_gateway(**access_key())
+    stub = make_gateway(**access_key()).stub
     for value in (f"OAuth {SESSION}", "ZStack someone:c2lnbmF0dXJl"):
         d = failure(stub, metadata=(("authorization", value),))
         assert d.code == C.INVALID_ARGUMENT
@@ -407,7 +366,8 @@ def test_http_date_and_signature_helpers():
 def test_caller_tokens_guard_the_api_but_not_health_or_reflection(make_gateway, sim, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    gw, stub = make_gateway(**account(caller_tokens_file=str(tokens)))
+    gw = make_gateway(**account(caller_tokens_file=str(tokens)))
+    stub = gw.stub
     d = failure(stub)
     assert d.code == C.UNAUTHENTICATED and d.info.reason == "CALLER_TOKEN_MISSING"
     assert "authorization: Bearer <token>" in d.message
@@ -583,37 +543,23 @@ def test_the_cli_exits_2_saying_why(simulator, capsys, monkeypatch):
 class Run:
     """The gateway as a process (python -m zstack_gateway), at DEBUG, its output collected."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("ZSTACK_", "GATEWAY_"))}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "zstack_gateway",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "DEBUG",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    def __init__(self, log_dir: Path, name: str, zstack_url: str, args: list[str], env: dict[str, str]):
+        self.proc = start_gateway(
+            log_dir,
+            zstack_url,
+            "--log-level",
+            "DEBUG",
+            *args,
+            name=name,
+            command=[sys.executable, "-m", "zstack_gateway"],
+            env={"GRPC_VERBOSITY": "DEBUG", "PYTHONASYNCIODEBUG": "1", **env},
             cwd=ROOT,
-            env={**base, "GRPC_VERBOSITY": "DEBUG", "PYTHONASYNCIODEBUG": "1", **env},
         )
-        assert self.proc.stdout is not None
-        self.first = self.proc.stdout.readline()
-        m = re.search(r"ready on (127\.0\.0\.1:\d+)", self.first)
-        if not m:
-            self.proc.kill()
-            raise AssertionError(self.first + self.proc.communicate(timeout=10)[1])
-        self.target = m.group(1)
         self.statuses: list[str] = []
 
     def call(self, metadata=(), vm: str = VM) -> None:
         """One call; what a caller can see of a failure (message and every trailer) is kept."""
-        with grpc.insecure_channel(self.target) as ch:
+        with grpc.insecure_channel(self.proc.address) as ch:
             stub = svc_grpc.VmInstanceServiceStub(ch)
             try:
                 images(stub, metadata=metadata, vm=vm)
@@ -625,10 +571,9 @@ class Run:
                     self.statuses.append(f"{key}: {text}")
 
     def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, err
-        return self.first + out + err + "\n".join(self.statuses)
+        """SIGTERM, an exit with 0, and all the process wrote and the callers saw."""
+        assert self.proc.stop(30) == 0, self.proc.log()
+        return self.proc.output() + self.proc.log() + "\n".join(self.statuses)
 
 
 LEAK_PASSWORD = "Pw-7f3a9c1e-leak-test"  # distinctive, unlike the demo's "password"
@@ -647,7 +592,7 @@ def _forbidden(sim: SimControl, secrets: list[str]) -> list[str]:
             found.append(auth.partition(":")[2])  # a signature
         if req["path"].startswith("/zstack/v1/accounts/sessions/"):
             found.append(req["path"].split("/")[5])
-    found += [s["uuid"] for s in sim._call("GET", "/_sim/sessions")]
+    found += [s["uuid"] for s in sim.sessions()]
     return [f for f in dict.fromkeys(found) if f]
 
 
@@ -673,7 +618,7 @@ def test_no_secret_appears_in_any_output_at_debug_level(leak_sim, tmp_path):
 
     def scenario(name: str, args: list[str], env: dict[str, str], secrets: list[str], calls) -> None:
         sim.reset()
-        run = Run(["--zstack-url", url, *args], env)
+        run = Run(tmp_path, name.replace(" ", "-"), url, args, env)
         try:
             calls(run)
         finally:
@@ -683,7 +628,7 @@ def test_no_secret_appears_in_any_output_at_debug_level(leak_sim, tmp_path):
     def account_calls(run: Run) -> None:
         run.call(bearer)
         run.call(bearer, vm=zstack_sim.DEMO_MISSING_VM_UUID)
-        for s in sim._call("GET", "/_sim/sessions"):
+        for s in sim.sessions():
             if s["uuid"] != SESSION:
                 sim.expire_session(s["uuid"])
         run.call(bearer)  # ID.1001, login again, retry
@@ -725,7 +670,7 @@ def test_no_secret_appears_in_any_output_at_debug_level(leak_sim, tmp_path):
     def access_key_calls(run: Run) -> None:
         run.call()
         run.call(vm=zstack_sim.DEMO_MISSING_VM_UUID)
-        advance_clock(sim, 16 * 60)
+        sim.advance_clock(16 * 60)
         run.call()
         run.call((("authorization", f"OAuth {SESSION}"),))
 

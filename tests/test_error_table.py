@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import grpc
 import pytest
 import zstack_sim
 from conftest import AUTH
-from harness import GatewayThread
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
-from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.processes import free_port
 
 VM = zstack_sim.DEMO_VM_UUID
 C = grpc.StatusCode
@@ -128,16 +125,9 @@ def test_unreadable_success_body_is_internal_naming_the_problem(stub, sim, body,
     assert needle in d.message
 
 
-def test_connection_refused_is_unavailable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again before the call: nothing listens there
-    gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=f"http://127.0.0.1:{port}").check())
-    try:
-        with gw.channel() as ch:
-            d = fail(svc_grpc.VmInstanceServiceStub(ch))
-    finally:
-        gw.stop()
+def test_connection_refused_is_unavailable(make_gateway):
+    port = free_port()  # nothing listens there
+    d = fail(make_gateway(zstack_url=f"http://127.0.0.1:{port}").stub)
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     assert f"127.0.0.1:{port}" in d.message

@@ -26,16 +26,17 @@ import zstack_sim
 from conftest import AUTH
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
+from harness import GatewayThread, account
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, ConfigError, cli, errors
 from zstack_gateway.auth import CallerAuth, PassThrough
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.settings import Secret
 from zstack_gateway.upstream import ZStackClient
 from zstack_gateway.validation import CandidateIsoQuery
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import wait_until
 
 C = grpc.StatusCode
 HEALTHY_VM = zstack_sim.DEMO_VM_UUID
@@ -89,41 +90,12 @@ def requests_to(sim: SimControl, vm: str) -> int:
     return sum(1 for r in sim.zstack_requests() if f"/vm-instances/{vm}/" in r["path"])
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return bool(condition())
-
-
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[zstack_sim.ThreadedSimulator]:
     """This module's own simulator: the tests read its in-flight figures, which must count no other
     gateway's requests (the shared gateway's readiness checks)."""
     with zstack_sim.run_in_thread(zstack_sim.demo_data()) as sim:
         yield sim
-
-
-@pytest.fixture
-def make_gateway(simulator: zstack_sim.ThreadedSimulator) -> Iterator[Any]:
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> tuple[GatewayThread, svc_grpc.VmInstanceServiceStub]:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "readiness_interval": 0.0,
-        }
-        settings.update(overrides)
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw, svc_grpc.VmInstanceServiceStub(gw.channel())
-
-    yield make
-    for gw in started:
-        gw.stop()
 
 
 def shares_in_use(gw: GatewayThread) -> int:
@@ -138,7 +110,8 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
     hang; session B's calls to a healthy VM all succeed while they hang, and A's calls beyond its
     share fail with UPSTREAM_IDENTITY_LIMIT once the queue timeout is over."""
     queue_timeout = 2.0
-    gw, stub = make_gateway(coalesce=False, upstream_queue_timeout=queue_timeout)
+    gw = make_gateway(coalesce=False, upstream_queue_timeout=queue_timeout)
+    stub = gw.stub
     assert gw.gateway.client.max_per_identity == 8
     session_b = login(simulator)
     sim.fault(action="hang", path=iso_path(HANGING_VM))
@@ -161,7 +134,7 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
         a_futures = [pool.submit(outcome, call) for call in calls]
         try:
             # A's share of requests reaches ZStack and hangs there (all 16 slots on the old code).
-            assert wait_for(lambda: requests_to(sim, HANGING_VM) >= 8)
+            assert wait_until(lambda: requests_to(sim, HANGING_VM) >= 8, timeout=10)
             time.sleep(0.2)
             hanging = requests_to(sim, HANGING_VM)
 
@@ -183,7 +156,9 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
             assert slowest_b < queue_timeout / 2
 
             # A's calls beyond its share end with RESOURCE_EXHAUSTED after the queue timeout.
-            assert wait_for(lambda: sum(f.done() for f in a_futures) >= greedy - 8, timeout=queue_timeout + 8)
+            assert wait_until(
+                lambda: sum(f.done() for f in a_futures) >= greedy - 8, timeout=queue_timeout + 8
+            )
             time.sleep(0.2)
             ended = [f.result() for f in a_futures if f.done()]
             assert len(ended) == greedy - 8
@@ -201,8 +176,8 @@ def test_a_session_on_a_hanging_vm_cannot_take_the_slots_of_another(make_gateway
             for call in calls:
                 call.cancel()
     # Every call gone: the per-identity bookkeeping is empty and ZStack's hanging requests were abandoned.
-    assert wait_for(lambda: shares_in_use(gw) == 0)
-    assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+    assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
     assert requests_to(sim, HANGING_VM) == 8
 
 
@@ -210,9 +185,10 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
     """Three sessions with a share of 3 each but 4 slots in all: ZStack never sees more than 4
     requests at once, and a call that finds every global slot busy gets UPSTREAM_CONCURRENCY_LIMIT
     (not the identity reason: its own share had room)."""
-    gw, stub = make_gateway(
+    gw = make_gateway(
         coalesce=False, max_upstream_calls=4, max_upstream_calls_per_identity=3, upstream_queue_timeout=0.5
     )
+    stub = gw.stub
     sessions = [zstack_sim.DEMO_SESSION_UUID, login(simulator), login(simulator)]
     sim.fault(action="hang", path=iso_path(HANGING_VM))
     calls = [
@@ -224,7 +200,7 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
         for i in range(4)
     ]
     try:
-        assert wait_for(lambda: sim.stats()["in_flight"] == 4)
+        assert wait_until(lambda: sim.stats()["in_flight"] == 4, timeout=10)
         with pytest.raises(grpc.RpcError) as info:
             images(stub, auth(sessions[2]), HEALTHY_VM)
         d = decode(info.value)
@@ -234,21 +210,15 @@ def test_the_global_cap_still_holds_with_many_sessions(make_gateway, simulator, 
     finally:
         for call in calls:
             call.cancel()
-    assert wait_for(lambda: shares_in_use(gw) == 0)
+    assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
     assert images(stub, auth(sessions[2]), HEALTHY_VM)
 
 
 def test_account_mode_has_one_identity_and_no_share(make_gateway, sim: SimControl):
     """In account mode every call acts as the gateway's one account: a share would only lower the
     total, so all --max-upstream-calls slots serve its calls."""
-    gw, stub = make_gateway(
-        coalesce=False,
-        auth_mode="account",
-        zstack_account=zstack_sim.DEMO_ACCOUNT_NAME,
-        zstack_password=Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-        max_upstream_calls=6,
-        upstream_queue_timeout=0.2,
-    )
+    gw = make_gateway(**account(coalesce=False, max_upstream_calls=6, upstream_queue_timeout=0.2))
+    stub = gw.stub
     assert gw.gateway.client.max_per_identity == 0
     assert images(stub, (), HEALTHY_VM)  # logs in
     sim.config(latency_ms=600)
@@ -352,13 +322,14 @@ def test_cancellation_at_any_moment_gives_back_exactly_what_was_taken(simulator,
     assert seen["ok"] > 50
     assert seen["identity_limit"] > 10
     assert seen["concurrency_limit"] > 10
-    assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
 
 
 def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway, simulator, sim: SimControl):
     """The same through the gateway: callers of three sessions cancel their calls at random moments;
     afterwards the bookkeeping is empty and 16 calls of two sessions run at once."""
-    gw, stub = make_gateway(upstream_queue_timeout=0.2)
+    gw = make_gateway(upstream_queue_timeout=0.2)
+    stub = gw.stub
     sessions = [zstack_sim.DEMO_SESSION_UUID, login(simulator), login(simulator)]
     sim.fault(action="hang", path=iso_path(HANGING_VM))
     sim.fault(action="delay_only", delay=0.3, path=iso_path(SLOW_VM))
@@ -379,9 +350,9 @@ def test_grpc_callers_that_cancel_at_random_leave_the_gateway_whole(make_gateway
         for moment, call in sorted(calls, key=lambda c: c[0]):
             time.sleep(max(0.0, started + moment - time.monotonic()))
             call.cancel()
-        assert wait_for(lambda: shares_in_use(gw) == 0)
-        assert wait_for(lambda: sim.stats()["in_flight"] == 0)
-        sim._call("DELETE", "/_sim/stats")
+        assert wait_until(lambda: shares_in_use(gw) == 0, timeout=10)
+        assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=10)
+        sim.clear_stats()
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda i: tagged_images(stub, sessions[i % 2], SLOW_VM, i), range(16)))
         assert results == [[]] * 16

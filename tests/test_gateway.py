@@ -10,10 +10,10 @@ import pytest
 import zstack_sim
 from conftest import AUTH, SESSION
 from google.protobuf import json_format
-from harness import SimControl
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_sim.control_client import SimControl
 
 SEED_UUID = "cb2c34a46a753c5ab95807fabbae56af"
 
@@ -171,20 +171,12 @@ def test_tags_go_as_repeated_keys_and_commas_are_not_separators(stub, sim):
     assert req["headers"]["Authorization"] == f"OAuth {SESSION}"
 
 
-def test_chunks_concatenate_to_the_full_list_and_start_small(gateway, sim):
+def test_chunks_concatenate_to_the_full_list_and_start_small(make_gateway, sim):
     # A second simulator with many images, to see chunking at work.
-    from harness import GatewayThread
-    from zstack_gateway import Config
-
     with zstack_sim.run_in_thread(zstack_sim.generate(1500)) as big:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=big.url).check())
-        try:
-            with gw.channel() as ch:
-                chunks = call(
-                    svc_grpc.VmInstanceServiceStub(ch), zstack_sim.DEMO_VM_UUID, metadata=AUTH, timeout=30
-                )
-        finally:
-            gw.stop()
+        chunks = call(
+            make_gateway(zstack_url=big.url).stub, zstack_sim.DEMO_VM_UUID, metadata=AUTH, timeout=30
+        )
     sizes = [len(c.inventories) for c in chunks]
     assert sum(sizes) == 1500
     assert 1 <= sizes[0] <= 16

@@ -23,13 +23,14 @@ from typing import Any
 import grpc
 import pytest
 import zstack_sim
-from harness import GatewayThread, SimControl
-from hostile import HostileUpstream, hostile_upstream
+from harness import Gateways, GatewayThread
+from hostile import HostileUpstream
 from statuses import Decoded, decode
 from test_upstream_faults import assert_no_gateway_tracebacks
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config, errors, status
+from zstack_gateway import errors, status
+from zstack_sim.control_client import SimControl
 
 C = grpc.StatusCode
 AUTH = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
@@ -114,20 +115,8 @@ def odd_values() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def upstream(simulator: zstack_sim.ThreadedSimulator) -> Iterator[HostileUpstream]:
-    with hostile_upstream(simulator.url) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: HostileUpstream) -> Iterator[GatewayThread]:
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0", zstack_url=upstream.url, default_timeout=20.0, readiness_interval=0
-        ).check()
-    )
-    yield gw
-    gw.stop()
+def gateway(module_gateways: Gateways, upstream: HostileUpstream) -> GatewayThread:
+    return module_gateways(zstack_url=upstream.url, default_timeout=20.0)
 
 
 @pytest.fixture

@@ -13,17 +13,15 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zstack_sim
 from conftest import SESSION
-from harness import GatewayThread, SimControl
-from pki import HAVE_OPENSSL, Pki, make_pki
-from zstack_gateway import Config
+from harness import Gateways, GatewayThread, access_key, account
+from pki import Pki, needs_openssl
 from zstack_gateway.settings import Secret
+from zstack_sim.control_client import SimControl
 
 CLI = Path(sys.executable).with_name("zstack-iso")
 VM = zstack_sim.DEMO_VM_UUID
@@ -31,8 +29,6 @@ TOKEN = "caller-token-0123456789abcdef"
 ALL_IMAGES = len(zstack_sim.DEMO_IMAGE_UUIDS)
 # Every secret a test hands the command: none may ever show in its output.
 SECRETS = (SESSION, TOKEN, zstack_sim.DEMO_ACCOUNT_PASSWORD * 2, zstack_sim.DEMO_ACCESS_KEY_SECRET)
-
-needs_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="needs the openssl CLI to make certificates")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,82 +72,36 @@ def one_line_error(done: subprocess.CompletedProcess[str], code: int = 1) -> str
 
 
 @pytest.fixture(scope="module")
-def start(simulator: zstack_sim.ThreadedSimulator) -> Iterator[Any]:
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> GatewayThread:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "default_timeout": 5.0,
-            "readiness_interval": 0.0,
-            **overrides,
-        }
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
-
-
-def account(**overrides: Any) -> dict[str, Any]:
-    return {
-        "auth_mode": "account",
-        "zstack_account": zstack_sim.DEMO_ACCOUNT_NAME,
-        "zstack_password": Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-        **overrides,
-    }
-
-
-@pytest.fixture(scope="module")
-def account_gw(start: Any) -> GatewayThread:
+def account_gw(module_gateways: Gateways) -> GatewayThread:
     """Account mode on loopback: callers are not authenticated."""
-    gw: GatewayThread = start(**account())
-    return gw
+    return module_gateways(**account())
 
 
 @pytest.fixture(scope="module")
-def access_key_gw(start: Any) -> GatewayThread:
-    gw: GatewayThread = start(
-        auth_mode="access-key",
-        zstack_access_key_id=zstack_sim.DEMO_ACCESS_KEY_ID,
-        zstack_access_key_secret=Secret(zstack_sim.DEMO_ACCESS_KEY_SECRET),
-    )
-    return gw
+def access_key_gw(module_gateways: Gateways) -> GatewayThread:
+    return module_gateways(**access_key())
 
 
 @pytest.fixture(scope="module")
-def token_gw(start: Any) -> GatewayThread:
+def token_gw(module_gateways: Gateways) -> GatewayThread:
     """Account mode with caller tokens."""
-    gw: GatewayThread = start(**account(caller_tokens=Secret(TOKEN)))
-    return gw
+    return module_gateways(**account(caller_tokens=Secret(TOKEN)))
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if not HAVE_OPENSSL:
-        pytest.skip("needs the openssl CLI to make certificates")
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def mtls_gw(start: Any, pki: Pki) -> GatewayThread:
+def mtls_gw(module_gateways: Gateways, pki: Pki) -> GatewayThread:
     """Pass-through with mutual TLS: how a pass-through gateway restricts who may call."""
-    gw: GatewayThread = start(
+    return module_gateways(
         tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca)
     )
-    return gw
 
 
 @pytest.fixture(scope="module")
-def token_tls_gw(start: Any, pki: Pki) -> GatewayThread:
+def token_tls_gw(module_gateways: Gateways, pki: Pki) -> GatewayThread:
     """Account mode with caller tokens over TLS (server certificate only)."""
-    gw: GatewayThread = start(
+    return module_gateways(
         **account(caller_tokens=Secret(TOKEN), tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
     )
-    return gw
 
 
 # --- help ----------------------------------------------------------------------------------------------

@@ -13,22 +13,20 @@ import io
 import json
 import logging
 import os
-import selectors
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 import rawh2
 import zstack_sim
-from harness import SimControl
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway.telemetry import logs
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import Proc
 
 GATEWAY_BIN = Path(sys.executable).with_name("zstack-gateway")
 VM = zstack_sim.DEMO_VM_UUID
@@ -38,74 +36,23 @@ LINE_BYTES = 8192  # newline included
 FORMATS = ["json", "text"]
 
 
-class GatewayProcess:
-    """``zstack-gateway`` as a child process at DEBUG on a free loopback port; stderr to a file."""
-
-    def __init__(self, zstack_url: str, log_path: Path, fmt: str, env: dict[str, str] | None = None) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_", "GRPC_"))}
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(GATEWAY_BIN),
-                "--listen",
-                "127.0.0.1:0",
-                "--zstack-url",
-                zstack_url,
-                "--log-level",
-                "DEBUG",
-                "--log-format",
-                fmt,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env={**base, **(env or {})},
-        )
-        self.target = self._wait_ready(timeout=20)
-        self.port = int(self.target.rpartition(":")[2])
-
-    def _wait_ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < end:
-                if not sel.select(timeout=max(0.0, end - time.monotonic())):
-                    break
-                line = self.proc.stdout.readline().decode(errors="replace")
-                if not line:
-                    break
-                if " ready on " in line:
-                    return line.split(" ready on ", 1)[1].split()[0].rstrip(",")
-        self.kill()
-        raise RuntimeError(f"the gateway did not start:\n{self.log_path.read_text(errors='replace')}")
-
-    def stop(self) -> bytes:
-        """SIGTERM, wait for the exit, and everything the process wrote to stderr."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(20) == 0
-        self._log.close()
-        return self.log_path.read_bytes()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture
-def start(simulator: zstack_sim.ThreadedSimulator, tmp_path: Path) -> Iterator:
-    started: list[GatewayProcess] = []
+def start(gateway_process) -> Callable[..., Proc]:
+    """start(fmt, env) -> the gateway as a process at DEBUG with log format ``fmt``; no GRPC_*
+    variable reaches it but those of ``env``."""
 
-    def _start(fmt: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        gw = GatewayProcess(simulator.url, tmp_path / f"gateway-{len(started)}.log", fmt, env)
-        started.append(gw)
-        return gw
+    def _start(fmt: str, env: dict[str, str] | None = None) -> Proc:
+        return gateway_process(
+            "--log-level", "DEBUG", "--log-format", fmt, env=env, drop_env=("GATEWAY_", "ZSTACK_", "GRPC_")
+        )
 
-    yield _start
-    for gw in started:
-        gw.kill()
+    return _start
+
+
+def stop(gw: Proc) -> bytes:
+    """SIGTERM, an exit with 0, and everything the process wrote to stderr."""
+    assert gw.stop(20) == 0, gw.log()
+    return gw.log_bytes()
 
 
 def call(target: str, vm: str = VM) -> grpc.StatusCode:
@@ -162,8 +109,8 @@ def test_a_metadata_value_that_is_not_utf8_reaches_no_output(start, sim: SimCont
         # The caller gets a clear status, at once: its credentials are not usable.
         assert answer.ended, "no answer"
         assert answer.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0], answer
-    assert call(gw.target) == grpc.StatusCode.OK  # the gateway goes on serving
-    stderr = gw.stop()
+    assert call(gw.address) == grpc.StatusCode.OK  # the gateway goes on serving
+    stderr = stop(gw)
     assert TOKEN not in stderr
     assert TOKEN[:12] not in stderr
     assert b"not valid UTF-8" in stderr  # grpc's complaint is there, without the value
@@ -200,8 +147,8 @@ FORGED = '\nFORGED ERROR fake: x\r\x1b[2K\u2028\x85{"level": "ERROR"}\x00'
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_newline_in_the_vm_uuid_cannot_forge_a_line(start, sim: SimControl, fmt: str):
     gw = start(fmt)
-    assert call(gw.target, vm="x" + FORGED) == grpc.StatusCode.INVALID_ARGUMENT
-    stderr = gw.stop()
+    assert call(gw.address, vm="x" + FORGED) == grpc.StatusCode.INVALID_ARGUMENT
+    stderr = stop(gw)
     lines = log_lines(stderr, fmt)
     for raw in (b"\r", b"\x1b", b"\x00", "\u2028".encode(), "\x85".encode()):
         assert raw not in stderr
@@ -226,8 +173,8 @@ def test_a_huge_zstack_error_makes_no_huge_line(start, sim: SimControl, fmt: str
         details="d" * 1_000_000,
         times=1,
     )
-    assert call(gw.target) != grpc.StatusCode.OK
-    stderr = gw.stop()
+    assert call(gw.address) != grpc.StatusCode.OK
+    stderr = stop(gw)
     lines = log_lines(stderr, fmt)
     # The call's own line (grpc may log at DEBUG that the handler left after sending its status).
     calls = [line for line in lines if METHOD.encode() in line and b"zstack_gateway.rpc" in line]

@@ -28,13 +28,13 @@ import zstack_sim
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
-from hostile import HANG, RESET, HostileUpstream, free_port, hostile_upstream
+from harness import Gateways, GatewayThread, account, has_traceback
+from hostile import HANG, RESET, HostileUpstream
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
-from zstack_gateway.settings import Secret
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import free_port
 
 C = grpc.StatusCode
 VM = zstack_sim.DEMO_VM_UUID
@@ -116,36 +116,12 @@ LOGIN_TIMEOUT = 1.5
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def upstream(simulator: zstack_sim.ThreadedSimulator) -> Iterator[HostileUpstream]:
-    with hostile_upstream(simulator.url) as up:
-        yield up
-
-
 @pytest.fixture
-def make_gateway(upstream: HostileUpstream, sim: SimControl) -> Iterator[Any]:
-    """make(**config) -> GatewayThread in account mode in front of the hostile upstream."""
+def make_gateway(make_gateway: Gateways, upstream: HostileUpstream, sim: SimControl) -> Iterator[Gateways]:
+    """make_gateway(**config) -> GatewayThread in account mode in front of the hostile upstream."""
     upstream.clear()
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> GatewayThread:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": upstream.url,
-            "default_timeout": LOGIN_TIMEOUT,
-            "readiness_interval": 0.0,
-            "auth_mode": "account",
-            "zstack_account": zstack_sim.DEMO_ACCOUNT_NAME,
-            "zstack_password": Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-            **overrides,
-        }
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
+    make_gateway.defaults.update(account(zstack_url=upstream.url, default_timeout=LOGIN_TIMEOUT))
+    yield make_gateway
     upstream.clear()
 
 
@@ -192,12 +168,7 @@ def burst(stub: Any, n: int) -> list[Decoded | None]:
 
 
 def assert_no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
-    found = [
-        r
-        for r in caplog.records
-        if r.name.startswith(("zstack_gateway", "grpc", "asyncio"))
-        and (r.exc_info or "Traceback" in r.getMessage() or r.name == "asyncio")
-    ]
+    found = [r for r in caplog.records if has_traceback(r) or r.name == "asyncio"]
     assert not found, [f"{r.name}: {r.getMessage()[:200]}" for r in found]
 
 

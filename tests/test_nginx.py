@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +26,13 @@ import pytest
 import zstack_sim
 from conftest import AUTH
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import SimControl
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import Proc, free_port, start_gateway, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-GATEWAY = Path(sys.executable).with_name("zstack-gateway")
 GRPCURL = Path(sys.executable).with_name("grpcurl")
 NGINX = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 
@@ -80,74 +78,21 @@ def site_conf(listen: str, replicas: list[str]) -> str:
 QUIET = ("--shutdown-grace", "0", "--log-level", "WARNING")
 
 
-def free_port() -> int:
+def listening(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')}")
-        if ready():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not start: {log.read_text(errors='replace')}")
-
-
-def listening(port: int) -> Callable[[], bool]:
-    def check() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    return check
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@dataclass
-class Replica:
-    proc: subprocess.Popen[bytes]
-    target: str
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
 class Proxy:
     target: str
-    replicas: list[Replica]
+    replicas: list[Proc]
     access_log: Path
 
     def upstreams_served(self) -> list[str]:
         """For each call nginx logged, in order, the replicas it tried ("A, B" when A failed)."""
         lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
         return [line.split("|")[0] for line in lines]
-
-
-def start_replica(zstack_url: str, tmp: Path, name: str) -> Replica:
-    port = free_port()
-    log = tmp / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_"))}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(GATEWAY), "--listen", f"127.0.0.1:{port}", "--zstack-url", zstack_url, *QUIET],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
-    # The ready line comes once the gateway serves and its health has its first real status.
-    wait_until(lambda: b"zstack-gateway ready on" in log.read_bytes(), proc, f"gateway {name}", log)
-    return Replica(proc, f"127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +110,15 @@ def own_proxy(simulator: zstack_sim.ThreadedSimulator, tmp_path: Path) -> Iterat
 
 def run_proxy(zstack_url: str, tmp: Path) -> Iterator[Proxy]:
     assert NGINX is not None
-    replicas: list[Replica] = []
+    replicas: list[Proc] = []
     nginx: subprocess.Popen[bytes] | None = None
     try:
-        replicas = [start_replica(zstack_url, tmp, name) for name in ("a", "b")]
+        # The ready line comes once the gateway serves and its health has its first real status.
+        for name in ("a", "b"):
+            replicas.append(start_gateway(tmp, zstack_url, *QUIET, name=f"gateway-{name}", cwd=ROOT))
         port = free_port()
         site = tmp / "zstack-gateway.conf"
-        site.write_text(site_conf(f"127.0.0.1:{port}", [r.target for r in replicas]))
+        site.write_text(site_conf(f"127.0.0.1:{port}", [r.address for r in replicas]))
         conf = tmp / "nginx.conf"
         conf.write_text(MAIN_CONF.format(tmp=tmp, include=site))
         error_log = tmp / "error.log"
@@ -181,13 +128,20 @@ def run_proxy(zstack_url: str, tmp: Path) -> Iterator[Proxy]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(listening(port), nginx, "nginx", error_log)
+        wait_until(lambda: nginx.poll() is not None or listening(port), timeout=15)
+        assert listening(port), (
+            f"nginx did not start ({nginx.poll()}): {error_log.read_text(errors='replace')}"
+        )
         yield Proxy(f"127.0.0.1:{port}", replicas, tmp / "access.log")
     finally:
         if nginx is not None:
-            stop(nginx)
+            nginx.terminate()
+            try:
+                nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
         for replica in replicas:
-            stop(replica.proc)
+            replica.stop()
 
 
 def call(channel: grpc.Channel, vm_uuid: str = zstack_sim.DEMO_VM_UUID) -> list[str]:
@@ -202,7 +156,7 @@ def call(channel: grpc.Channel, vm_uuid: str = zstack_sim.DEMO_VM_UUID) -> list[
 
 
 def test_streams_pass_through_nginx_to_both_replicas(proxy: Proxy, sim: SimControl) -> None:
-    with grpc.insecure_channel(proxy.replicas[0].target) as direct:
+    with grpc.insecure_channel(proxy.replicas[0].address) as direct:
         expected = call(direct)
     assert "TinyLinux" in expected
     before = len(proxy.upstreams_served())
@@ -211,7 +165,7 @@ def test_streams_pass_through_nginx_to_both_replicas(proxy: Proxy, sim: SimContr
             assert call(channel) == expected
     served = proxy.upstreams_served()[before:]
     assert len(served) == 6
-    assert set(served) == {replica.target for replica in proxy.replicas}, "nginx did not balance the calls"
+    assert set(served) == {replica.address for replica in proxy.replicas}, "nginx did not balance the calls"
 
 
 def test_an_error_status_keeps_its_details_through_nginx(proxy: Proxy, sim: SimControl) -> None:
@@ -250,9 +204,8 @@ def test_calls_after_a_replica_dies_are_served_by_the_other(own_proxy: Proxy, si
     with grpc.insecure_channel(own_proxy.target) as channel:
         for _ in range(4):
             assert "TinyLinux" in call(channel)
-        assert set(own_proxy.upstreams_served()) == {dead.target, alive.target}, "not balanced"
-        dead.proc.send_signal(signal.SIGKILL)
-        dead.proc.wait(10)
+        assert set(own_proxy.upstreams_served()) == {dead.address, alive.address}, "not balanced"
+        dead.kill()
         logged = len(own_proxy.upstreams_served())
         failures: list[tuple[int, grpc.StatusCode]] = []
         for i in range(20):
@@ -263,7 +216,7 @@ def test_calls_after_a_replica_dies_are_served_by_the_other(own_proxy: Proxy, si
     assert failures in ([], [(0, grpc.StatusCode.UNAVAILABLE)]), failures
     # Each call that nginx sent to the dead replica first was passed on to the live one.
     for tried in own_proxy.upstreams_served()[logged:]:
-        assert tried.split(", ")[-1] == alive.target, tried
+        assert tried.split(", ")[-1] == alive.address, tried
 
 
 def test_nginx_logs_no_upstream_errors_in_normal_operation(proxy: Proxy) -> None:

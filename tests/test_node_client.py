@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ from typing import Any
 import grpc
 import pytest
 import zstack_sim
-from conftest import AUTH, SESSION
+from conftest import AUTH, BEYOND_DOUBLE, SESSION
 from google.protobuf import json_format
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from zstack.v1 import error_pb2, vm_instance_service_pb2
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "node" / "client.js"
@@ -139,12 +139,7 @@ def test_node_decodes_a_bad_request(target: str) -> None:
 
 
 def test_node_reports_an_unreachable_gateway_without_details() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    status = node_status(run_node(f"127.0.0.1:{port}", zstack_sim.DEMO_VM_UUID))
+    status = node_status(run_node(f"127.0.0.1:{free_port()}", zstack_sim.DEMO_VM_UUID))
     assert status["codeName"] == "UNAVAILABLE"
     assert "details" not in status
 
@@ -153,8 +148,6 @@ def test_node_reports_an_unreachable_gateway_without_details() -> None:
 
 README = ROOT / "README.md"
 LOADER_KEYS = ("keepCase", "longs", "enums", "defaults", "oneofs")
-#: 2^53 + 1: the smallest int64 a JavaScript number cannot hold exactly.
-BEYOND_DOUBLE = 2**53 + 1
 
 
 def readme_node_example() -> str:
@@ -226,27 +219,13 @@ def test_readme_node_example_reports_not_found(target: str) -> None:
     assert out.stderr.startswith("NOT_FOUND ZStack SYS.1003: invalid field[vmInstanceUuid]")
 
 
-@pytest.fixture(scope="module")
-def big_target() -> Iterator[str]:
-    """A gateway whose simulator says the demo's CentOS image is 2^53 + 1 bytes."""
-    data = zstack_sim.demo_data()
-    [centos] = [i for i in data.images.values() if i["name"].startswith("CentOS-7")]
-    centos["size"] = BEYOND_DOUBLE
-    with zstack_sim.run_in_thread(data) as sim:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=sim.url, default_timeout=5.0).check())
-        try:
-            yield gw.target
-        finally:
-            gw.stop()
-
-
-def test_longs_string_keeps_int64_beyond_2_to_53_exact(big_target: str) -> None:
-    out = run_readme_example(big_target, zstack_sim.DEMO_VM_UUID)
+def test_longs_string_keeps_int64_beyond_2_to_53_exact(beyond_double_target: str) -> None:
+    out = run_readme_example(beyond_double_target, zstack_sim.DEMO_VM_UUID)
     assert out.returncode == 0, out.stderr
     [row] = [line.split("\t") for line in out.stdout.splitlines() if line.startswith("CentOS-7")]
     assert row[1] == str(BEYOND_DOUBLE)  # not 9007199254740992, as longs: Number would give
     # And client.js prints it exactly too, as Python's json_format does.
-    node = run_node(big_target, zstack_sim.DEMO_VM_UUID)
+    node = run_node(beyond_double_target, zstack_sim.DEMO_VM_UUID)
     assert node.returncode == 0, node.stderr
     images = [i for line in node.stdout.splitlines() for i in json.loads(line).get("inventories", [])]
     assert str(BEYOND_DOUBLE) in [i.get("size") for i in images]

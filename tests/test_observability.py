@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import urllib.request
 
@@ -13,46 +12,24 @@ import pytest
 import zstack_sim
 from conftest import AUTH, SESSION
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
 from zstack_gateway.telemetry.logs import JsonFormatter
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import free_port, scrape
 
 VM = zstack_sim.DEMO_VM_UUID
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def observed(simulator):
+def observed(make_gateway):
+    """A gateway with metrics (``metrics_url``) and readiness checks every 0.1 s."""
     port = free_port()
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0",
-            zstack_url=simulator.url,
-            metrics_listen=f"127.0.0.1:{port}",
-            readiness_interval=0.1,
-        ).check()
-    )
+    gw = make_gateway(metrics_listen=f"127.0.0.1:{port}", readiness_interval=0.1, default_timeout=30.0)
     gw.metrics_url = f"http://127.0.0.1:{port}/metrics"
-    yield gw
-    gw.stop()
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return gw
 
 
 def test_request_id_round_trip_and_reaches_zstack(stub, sim: SimControl):

@@ -62,8 +62,10 @@ def template(language: str) -> str:
     return "\n\n".join(blocks)
 
 
-def generate(language: str, tmp_path: Path, path: str) -> Path:
-    """Runs `buf generate` with ``language`` uncommented into ``tmp_path/out``; PATH is ``path``."""
+def generate(language: str, tmp_path: Path, path: str, pattern: str) -> tuple[Path, list[str]]:
+    """Runs `buf generate` with ``language`` uncommented into ``tmp_path/out``; PATH is ``path``.
+    The directory of the generated zstack/v1 files, and the sorted names there that match
+    ``pattern``."""
     config = tmp_path / "buf.gen.yaml"
     config.write_text(template(language))
     out = tmp_path / "out"
@@ -76,7 +78,8 @@ def generate(language: str, tmp_path: Path, path: str) -> Path:
         env={**os.environ, "PATH": path},
     )
     assert run.returncode == 0, run.stderr
-    return out
+    generated = out / "build" / "gen" / language.lower() / "zstack" / "v1"
+    return generated, sorted(p.name for p in generated.glob(pattern))
 
 
 def base_path() -> str:
@@ -103,9 +106,7 @@ def test_go_stubs_generate_and_compile(tmp_path: Path) -> None:
             if not (GOCODE / module).is_dir()
         ]
     )
-    out = generate("Go", tmp_path, base_path())
-    generated = out / "build" / "gen" / "go" / "zstack" / "v1"
-    names = sorted(p.name for p in generated.glob("*.go"))
+    generated, names = generate("Go", tmp_path, base_path(), "*.go")
     assert names == [
         "error.pb.go",
         "image.pb.go",
@@ -149,9 +150,7 @@ def test_java_stubs_generate_and_compile(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "protoc-gen-grpc-java").symlink_to(plugin)
-    out = generate("Java", tmp_path, f"{bin_dir}{os.pathsep}{base_path()}")
-    generated = out / "build" / "gen" / "java" / "zstack" / "v1"
-    names = sorted(p.name for p in generated.glob("*.java"))
+    generated, names = generate("Java", tmp_path, f"{bin_dir}{os.pathsep}{base_path()}", "*.java")
     assert names == [
         "Error.java",
         "Image.java",

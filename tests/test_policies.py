@@ -12,11 +12,12 @@ import zstack_sim
 from conftest import AUTH
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
 
 VM = zstack_sim.DEMO_VM_UUID
 C = grpc.StatusCode
@@ -32,20 +33,6 @@ def images(stub, metadata=AUTH, timeout=10.0, vm: str = VM) -> list[str]:
         for c in stub.GetCandidateIso(request(vm), metadata=metadata, timeout=timeout)
         for i in c.inventories
     ]
-
-
-@pytest.fixture
-def make_gateway(simulator):
-    started: list[GatewayThread] = []
-
-    def make(**overrides) -> svc_grpc.VmInstanceServiceStub:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=simulator.url, **overrides).check())
-        started.append(gw)
-        return svc_grpc.VmInstanceServiceStub(gw.channel())
-
-    yield make
-    for gw in started:
-        gw.stop()
 
 
 @pytest.mark.parametrize(
@@ -80,7 +67,7 @@ def test_a_body_broken_midway_is_not_retried(stub, sim: SimControl):
 
 
 def test_retries_stop_at_the_attempt_limit(make_gateway, sim: SimControl):
-    stub = make_gateway(upstream_attempts=4)
+    stub = make_gateway(upstream_attempts=4).stub
     sim.fault(action="zstack_error", code="SYS.1010", details="not ready")
     with pytest.raises(grpc.RpcError) as info:
         images(stub)
@@ -89,7 +76,7 @@ def test_retries_stop_at_the_attempt_limit(make_gateway, sim: SimControl):
 
 
 def test_retries_never_pass_the_callers_deadline(make_gateway, sim: SimControl):
-    stub = make_gateway(upstream_attempts=50)
+    stub = make_gateway(upstream_attempts=50).stub
     sim.fault(action="zstack_error", code="SYS.1010", details="not ready", delay=0.05)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
@@ -99,7 +86,7 @@ def test_retries_never_pass_the_callers_deadline(make_gateway, sim: SimControl):
 
 
 def test_concurrency_cap_queues_then_refuses_with_retry_info(make_gateway, sim: SimControl):
-    stub = make_gateway(max_upstream_calls=1, upstream_queue_timeout=0.3, coalesce=False)
+    stub = make_gateway(max_upstream_calls=1, upstream_queue_timeout=0.3, coalesce=False).stub
     sim.fault(action="hang", times=1)
     first = stub.GetCandidateIso(request(), metadata=AUTH, timeout=5)
     deadline = time.monotonic() + 5
@@ -169,7 +156,7 @@ def test_a_caller_that_cancels_does_not_cancel_the_others(stub, sim: SimControl)
 
 
 def test_coalescing_can_be_switched_off(make_gateway, sim: SimControl):
-    stub = make_gateway(coalesce=False)
+    stub = make_gateway(coalesce=False).stub
     sim.config(latency_ms=200)
     _burst(stub, 5)
     assert len(sim.zstack_requests()) == 5

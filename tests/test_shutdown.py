@@ -6,120 +6,34 @@ SIGTERM turns health to NOT_SERVING, stops taking calls, lets in-flight calls fi
 
 from __future__ import annotations
 
-import os
-import selectors
+import contextlib
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import pytest
 import zstack_sim
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import SimControl
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import Proc, wait_until
 
 C = grpc.StatusCode
 AUTH = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
-GATEWAY_BIN = Path(sys.executable).with_name("zstack-gateway")
 STREAMS = 50
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class GatewayProcess:
-    """``zstack-gateway`` as a child process on a free loopback port; stderr goes to ``log_path``."""
-
-    def __init__(self, zstack_url: str, log_path: Path, *flags: str) -> None:
-        # The child reads GATEWAY_*/ZSTACK_* from its environment: only the flags given here count.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_"))}
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [str(GATEWAY_BIN), "--listen", "127.0.0.1:0", "--zstack-url", zstack_url, *flags],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-        )
-        self.target = self._wait_ready(timeout=20)
-
-    def _wait_ready(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < end:
-                if not sel.select(timeout=max(0.0, end - time.monotonic())):
-                    break
-                line = self.proc.stdout.readline().decode(errors="replace")
-                if not line:
-                    break
-                if " ready on " in line:
-                    return line.split(" ready on ", 1)[1].split()[0].rstrip(",")
-        self.kill()
-        raise RuntimeError(f"the gateway did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
-def slow_simulator() -> Iterator[SimControl]:
+def simulator() -> Iterator[zstack_sim.ThreadedSimulator]:
+    """This module's own simulator: its tests slow it down and count its requests in flight."""
     with zstack_sim.run_in_thread(zstack_sim.demo_data()) as sim:
-        control = SimControl(sim.url)
-        yield control
-
-
-@pytest.fixture
-def slow_sim(slow_simulator: SimControl) -> Iterator[SimControl]:
-    slow_simulator.reset()
-    yield slow_simulator
-    slow_simulator.reset()
-
-
-@pytest.fixture
-def start_gateway(tmp_path: Path, slow_sim: SimControl) -> Iterator:
-    started: list[GatewayProcess] = []
-
-    def start(*flags: str) -> GatewayProcess:
-        gw = GatewayProcess(slow_sim.url, tmp_path / f"gateway-{len(started)}.log", *flags)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.kill()
-
-
-def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+        yield sim
 
 
 class HealthWatch:
@@ -130,7 +44,6 @@ class HealthWatch:
 
     def __init__(self, channel: grpc.Channel, *, leave_on_not_serving: bool) -> None:
         self.updates: list[tuple[float, int]] = []
-        self.ended_with: grpc.StatusCode | None = None
         self._leave = leave_on_not_serving
         self._call = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=""), timeout=60
@@ -144,8 +57,8 @@ class HealthWatch:
                 self.updates.append((time.monotonic(), response.status))
                 if self._leave and response.status == NOT_SERVING:
                     self._call.cancel()
-        except grpc.RpcError as err:
-            self.ended_with = err.code()
+        except grpc.RpcError:
+            pass  # the stream ended: cancelled by the watcher, or by the server going away
 
     def first(self, status: int) -> float | None:
         return next((t for t, s in self.updates if s == status), None)
@@ -169,10 +82,21 @@ def stream_once(stub, index: int, timeout: float) -> tuple[float, grpc.StatusCod
     return time.monotonic(), C.OK, images
 
 
-def drain_with_sigterm(gw: GatewayProcess, sim: SimControl, grace: float, *, leave_on_not_serving: bool):
-    """50 streams in flight (1 s upstream latency each), then SIGTERM. Returns the stream results,
-    the health updates, the exit code and the times of the signal and of the exit."""
-    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(STREAMS) as pool:
+def drain_with_sigterm(gateway_process, sim: SimControl, grace: float, *, leave_on_not_serving: bool):
+    """A gateway with ``--shutdown-grace grace``, 50 streams in flight (1 s upstream latency each),
+    then SIGTERM. Returns the gateway, the stream results, the late caller's code, the health
+    updates, the exit code and the times of the signal and of the exit."""
+    sim.config(latency_ms=1000)
+    gw = gateway_process(
+        "--shutdown-grace",
+        str(grace),
+        "--max-upstream-calls",
+        str(STREAMS + 14),
+        # one session sends every stream: no per-session share
+        "--max-upstream-calls-per-identity",
+        str(STREAMS + 14),
+    )
+    with grpc.insecure_channel(gw.address) as channel, ThreadPoolExecutor(STREAMS) as pool:
         watch = HealthWatch(channel, leave_on_not_serving=leave_on_not_serving)
         assert wait_until(lambda: watch.first(SERVING) is not None, timeout=5), watch.updates
         stub = svc_grpc.VmInstanceServiceStub(channel)
@@ -184,30 +108,33 @@ def drain_with_sigterm(gw: GatewayProcess, sim: SimControl, grace: float, *, lea
 
         # A new caller is turned away while the others drain.
         assert wait_until(lambda: watch.first(NOT_SERVING) is not None, timeout=2), watch.updates
-        with grpc.insecure_channel(gw.target) as late:
+        with grpc.insecure_channel(gw.address) as late:
             _, late_code, _ = stream_once(svc_grpc.VmInstanceServiceStub(late), STREAMS, 2.0)
 
         results = [f.result(timeout=grace + 5) for f in futures]
         rc = gw.wait(timeout=grace + 5)
         exited = time.monotonic()
         watch.cancel()
-    return results, late_code, watch, rc, sent, exited
+    return gw, results, late_code, watch, rc, sent, exited
 
 
-def test_sigterm_drains_in_flight_streams_then_exits_zero(start_gateway, slow_sim: SimControl):
+@contextlib.contextmanager
+def hung_streams(gateway_process, sim: SimControl, grace: float) -> Iterator[tuple[Proc, list[Future]]]:
+    """A gateway with ``--shutdown-grace grace`` and five streams in flight whose upstream requests
+    hang: the gateway and the streams' futures (stream_once's results)."""
+    sim.fault(action="hang")
+    gw = gateway_process("--shutdown-grace", str(grace))
+    with grpc.insecure_channel(gw.address) as channel, ThreadPoolExecutor(5) as pool:
+        stub = svc_grpc.VmInstanceServiceStub(channel)
+        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(5)]
+        assert wait_until(lambda: sim.stats()["in_flight"] >= 5, timeout=5), sim.stats()
+        yield gw, futures
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_zero(gateway_process, sim: SimControl):
     grace = 5.0
-    slow_sim.config(latency_ms=1000)
-    gw = start_gateway(
-        "--shutdown-grace",
-        str(grace),
-        "--max-upstream-calls",
-        str(STREAMS + 14),
-        # one session sends every stream: no per-session share
-        "--max-upstream-calls-per-identity",
-        str(STREAMS + 14),
-    )
-    results, late_code, watch, rc, sent, exited = drain_with_sigterm(
-        gw, slow_sim, grace, leave_on_not_serving=True
+    gw, results, late_code, watch, rc, sent, exited = drain_with_sigterm(
+        gateway_process, sim, grace, leave_on_not_serving=True
     )
 
     assert late_code == C.UNAVAILABLE
@@ -221,21 +148,13 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero(start_gateway, slow_si
     assert "Traceback" not in gw.log()
 
 
-def test_an_open_health_watch_does_not_hold_the_shutdown(start_gateway, slow_sim: SimControl):
+def test_an_open_health_watch_does_not_hold_the_shutdown(gateway_process, sim: SimControl):
     """grpc's server.stop(grace) waits for every RPC, and a Watch stream never ends by itself: the
     gateway must not let one hold the shutdown once its own calls are done."""
     grace = 3.0
-    slow_sim.config(latency_ms=1000)
-    gw = start_gateway(
-        "--shutdown-grace",
-        str(grace),
-        "--max-upstream-calls",
-        str(STREAMS + 14),
-        # one session sends every stream: no per-session share
-        "--max-upstream-calls-per-identity",
-        str(STREAMS + 14),
+    gw, results, _, _, rc, sent, exited = drain_with_sigterm(
+        gateway_process, sim, grace, leave_on_not_serving=False
     )
-    results, _, _, rc, sent, exited = drain_with_sigterm(gw, slow_sim, grace, leave_on_not_serving=False)
 
     assert [code for _, code, _ in results] == [C.OK] * STREAMS
     assert rc == 0, gw.log()
@@ -244,16 +163,10 @@ def test_an_open_health_watch_does_not_hold_the_shutdown(start_gateway, slow_sim
     assert exited - last_call < 1.0, f"exited {exited - last_call:.2f} s after the last call ended"
 
 
-def test_second_sigterm_during_a_long_grace_exits_at_once(start_gateway, slow_sim: SimControl):
+def test_second_sigterm_during_a_long_grace_exits_at_once(gateway_process, sim: SimControl):
     """Observed: exit code 0 (the forced stop still returns from main normally); the calls still in
     flight end with UNAVAILABLE when the process goes."""
-    grace = 60.0
-    slow_sim.fault(action="hang")
-    gw = start_gateway("--shutdown-grace", str(grace))
-    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(5) as pool:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(5)]
-        assert wait_until(lambda: slow_sim.stats()["in_flight"] >= 5, timeout=5), slow_sim.stats()
+    with hung_streams(gateway_process, sim, grace=60.0) as (gw, futures):
         gw.signal(signal.SIGTERM)
         assert gw.wait(timeout=1.0) is None, "the first SIGTERM did not wait for the hung calls"
         second = time.monotonic()
@@ -270,15 +183,10 @@ def test_second_sigterm_during_a_long_grace_exits_at_once(start_gateway, slow_si
 
 
 def test_calls_still_running_when_the_grace_ends_are_cut_and_the_exit_is_zero(
-    start_gateway, slow_sim: SimControl
+    gateway_process, sim: SimControl
 ):
     grace = 1.0
-    slow_sim.fault(action="hang")
-    gw = start_gateway("--shutdown-grace", str(grace))
-    with grpc.insecure_channel(gw.target) as channel, ThreadPoolExecutor(5) as pool:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-        futures = [pool.submit(stream_once, stub, i, 30.0) for i in range(5)]
-        assert wait_until(lambda: slow_sim.stats()["in_flight"] >= 5, timeout=5), slow_sim.stats()
+    with hung_streams(gateway_process, sim, grace) as (gw, futures):
         sent = time.monotonic()
         gw.signal(signal.SIGTERM)
         rc = gw.wait(timeout=grace + 5)
@@ -289,4 +197,4 @@ def test_calls_still_running_when_the_grace_ends_are_cut_and_the_exit_is_zero(
     assert grace - 0.1 <= took < grace + 1.0, f"exited {took:.2f} s after SIGTERM, grace {grace} s"
     assert {code for _, code, _ in results} <= {C.UNAVAILABLE, C.CANCELLED}, results
     # The upstream requests were abandoned with the calls.
-    assert wait_until(lambda: slow_sim.stats()["in_flight"] == 0, timeout=2), slow_sim.stats()
+    assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=2), sim.stats()

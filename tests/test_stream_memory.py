@@ -2,8 +2,8 @@
 that do not read cannot pin memory.
 
 The memory tests run the gateway as a process of its own (``zstack-gateway``) and read its memory
-from /proc: RSS from /proc/PID/statm, the peak from VmHWM in /proc/PID/status (reset by writing 5 to
-/proc/PID/clear_refs), so the callers and the upstream in the test process do not count. ZStack is
+from /proc: RSS (VmRSS) and its peak (VmHWM) from /proc/PID/status, the peak reset by writing 5 to
+/proc/PID/clear_refs, so the callers and the upstream in the test process do not count. ZStack is
 :class:`Upstream`, a small HTTP peer on loopback that serves the body a test sets, or announces a
 huge Content-Length, sends a few bytes and hangs.
 """
@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -31,23 +26,22 @@ import zstack_sim
 from conftest import AUTH
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import GatewayThread
+from harness import Gateways, GatewayThread
+from hostile import RawListener
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.processes import Proc, free_port, scrape, wait_until
 
 C = grpc.StatusCode
 MiB = 1024 * 1024
-PAGE = os.sysconf("SC_PAGE_SIZE")
-EXE = Path(sys.executable).with_name("zstack-gateway")
 
 
 # ---------------------------------------------------------------------------------------------
 # A ZStack stand-in on loopback
 
 
-class Upstream:
+class Upstream(RawListener):
     """Answers every request with ``body`` (200, with its Content-Length), or, when ``hang`` is set,
     with ``hang`` (raw bytes: a status line, headers and the start of a body) and then nothing, until
     the gateway closes the connection. ``delay`` holds each answer back that many seconds."""
@@ -59,25 +53,10 @@ class Upstream:
         self.requests = 0
         self.answered = 0
         self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(256)
-        self._sock.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="upstream", daemon=True)
-        self._thread.start()
+        super().__init__(backlog=256)
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -105,119 +84,28 @@ class Upstream:
                 with self._lock:
                     self.answered += 1
 
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        self._thread.join(5)
-
 
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     peer = Upstream()
     yield peer
-    peer.close()
+    peer.stop_listening()
 
 
 # ---------------------------------------------------------------------------------------------
 # The gateway as a process of its own
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: The memory tests' gateway: no readiness checks, errors only in its log, no shutdown grace.
+QUIET = ("--readiness-interval", "0", "--log-level", "ERROR", "--shutdown-grace", "0")
 
 
-class GatewayProcess:
-    def __init__(self, zstack_url: str, *flags: str) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [
-                str(EXE),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--zstack-url",
-                zstack_url,
-                "--metrics-listen",
-                f"127.0.0.1:{self.metrics_port}",
-                "--readiness-interval",
-                "0",
-                "--log-level",
-                "ERROR",
-                "--shutdown-grace",
-                "0",
-                *flags,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "ready on" not in line:
-            self.proc.kill()
-            pytest.fail(f"the gateway did not start: {line!r}\n{self.proc.communicate(timeout=10)[1]}")
-        self.target = f"127.0.0.1:{self.port}"
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE
-
-    def reset_peak(self) -> None:
-        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
-            f.write("5")
-
-    def peak(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM")
-
-    def metric(self, name: str) -> float | None:
-        return read_metric(self.metrics_port, name)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@contextlib.contextmanager
-def gateway_process(zstack_url: str, *flags: str) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(zstack_url, *flags)
-    try:
-        yield gw
-    finally:
-        gw.stop()
-
-
-def read_metric(port: int, name: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.rpartition(" ")[2])
-    return None
-
-
-def wait_until(predicate, timeout: float, step: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-def steady_rss(gw: GatewayProcess, timeout: float = 30.0) -> int:
+def steady_rss(gw: Proc, timeout: float = 30.0) -> int:
     """The gateway's RSS once it stops moving (four samples 0.25 s apart within 2 MB)."""
     samples: list[int] = []
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        samples.append(gw.rss())
+        samples.append(gw.memory())
         if len(samples) >= 4 and max(samples[-4:]) - min(samples[-4:]) < 2 * MiB:
             break
         time.sleep(0.25)
@@ -286,25 +174,28 @@ def demo_like_10k() -> bytes:
 # Memory follows the bytes received
 
 
-def test_a_huge_content_length_allocates_nothing(upstream: Upstream):
+def test_a_huge_content_length_allocates_nothing(gateway_process, upstream: Upstream):
     """16 calls to an upstream that announces 250 MB and sends 18 bytes, then hangs: the gateway's RSS
     grows by what arrived (a few MB of call state), not by what was announced."""
     upstream.hang = b"HTTP/1.1 200 OK\r\nContent-Length: 250000000\r\n\r\n" + b'{"inventories": [{'
     # One session sends all 16 calls: give it every upstream slot (no per-session share).
     flags = ("--max-upstream-calls-per-identity", "16")
-    with gateway_process(upstream.url, *flags) as gw, grpc.insecure_channel(gw.target) as ch:
+    with (
+        gateway_process(*QUIET, *flags, zstack_url=upstream.url) as gw,
+        grpc.insecure_channel(gw.address) as ch,
+    ):
         stub = svc_grpc.VmInstanceServiceStub(ch)
         upstream.hang, normal = None, upstream.body
         read_all(stub, 99)  # warm up: the first call's one-time costs are not growth
         upstream.hang = b"HTTP/1.1 200 OK\r\nContent-Length: 250000000\r\n\r\n" + b'{"inventories": [{'
-        base = gw.rss()
+        base = gw.memory()
         calls = [stub.GetCandidateIso(request(i), metadata=AUTH, timeout=60) for i in range(16)]
         try:
             assert wait_until(lambda: upstream.answered >= 17, timeout=30), upstream.answered
             growth = 0
             for _ in range(10):  # for a second after the bytes came
                 time.sleep(0.1)
-                growth = max(growth, gw.rss() - base)
+                growth = max(growth, gw.memory() - base)
         finally:
             for call in calls:
                 call.cancel()
@@ -314,21 +205,21 @@ def test_a_huge_content_length_allocates_nothing(upstream: Upstream):
         read_all(stub, 98)  # the gateway still serves
 
 
-def test_a_million_empty_images_peak_follows_the_body(upstream: Upstream):
+def test_a_million_empty_images_peak_follows_the_body(gateway_process, upstream: Upstream):
     """1,000,000 ``{}`` images in a 3 MB body: the gateway's peak RSS while streaming them all stays
     within 4 times the body (never a Python object per image, never every message kept)."""
     upstream.body = b'{"inventories":[' + b",".join([b"{}"] * 1_000_000) + b"]}"
-    with gateway_process(upstream.url) as gw, grpc.insecure_channel(gw.target) as ch:
+    with gateway_process(*QUIET, zstack_url=upstream.url) as gw, grpc.insecure_channel(gw.address) as ch:
         stub = svc_grpc.VmInstanceServiceStub(ch)
         read_all(stub, 99, timeout=120)  # warm up
-        base = gw.rss()
+        base = gw.memory()
         gw.reset_peak()
         messages = 0
         images = 0
         for message in stub.GetCandidateIso(request(1), metadata=AUTH, timeout=120):
             messages += 1
             images += len(message.inventories)
-        growth = gw.peak() - base
+        growth = gw.memory("VmHWM") - base
     print(
         f"1,000,000 empty images: peak RSS growth {growth / MiB:.1f} MiB, "
         f"{growth / len(upstream.body):.2f}x the body"
@@ -340,14 +231,16 @@ def test_a_million_empty_images_peak_follows_the_body(upstream: Upstream):
     )
 
 
-def test_streams_nobody_reads_hold_about_their_body(upstream: Upstream, demo_like_10k: bytes):
+def test_streams_nobody_reads_hold_about_their_body(
+    gateway_process, upstream: Upstream, demo_like_10k: bytes
+):
     """40 callers open a 10,000-image list (10 MB) and never read: each holds about its body (the
     messages grpc already took are let go), not the parsed list; a normal call meanwhile succeeds."""
     upstream.body = demo_like_10k
     streams = 40
-    with gateway_process(upstream.url) as gw:
+    with gateway_process(*QUIET, zstack_url=upstream.url) as gw:
         channels = [
-            grpc.insecure_channel(gw.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            grpc.insecure_channel(gw.address, options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(4)
         ]
         try:
@@ -383,14 +276,8 @@ def test_streams_nobody_reads_hold_about_their_body(upstream: Upstream, demo_lik
 
 
 @pytest.fixture
-def gateway(upstream: Upstream) -> Iterator[GatewayThread]:
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0", zstack_url=upstream.url, default_timeout=30, readiness_interval=0
-        ).check()
-    )
-    yield gw
-    gw.stop()
+def gateway(make_gateway: Gateways, upstream: Upstream) -> GatewayThread:
+    return make_gateway(zstack_url=upstream.url, default_timeout=30)
 
 
 def test_small_images_then_large_ones_reach_a_default_client(upstream: Upstream, gateway: GatewayThread):
@@ -444,7 +331,9 @@ def test_an_image_over_1_mib_ends_the_stream_after_the_images_before_it(
 # The memory budget
 
 
-def test_the_budget_refuses_calls_that_would_pass_it_and_is_released_when_calls_end(upstream: Upstream):
+def test_the_budget_refuses_calls_that_would_pass_it_and_is_released_when_calls_end(
+    make_gateway: Gateways, upstream: Upstream
+):
     """--max-held-bytes 3.5 MB: two answers stalled after 1.5 MB each hold 3 MB, so a call whose 1 MB
     answer would pass the budget fails with RESOURCE_EXHAUSTED GATEWAY_MEMORY_BUDGET and RetryInfo.
     Once calls end (cancelled, failed mid-stream, or read to the end), the held-bytes gauge is 0."""
@@ -452,61 +341,55 @@ def test_the_budget_refuses_calls_that_would_pass_it_and_is_released_when_calls_
     images = [image(i, "y" * 800) for i in range(1_000)]
     normal = body_of(images)
     metrics_port = free_port()
-    config = Config(
-        listen="127.0.0.1:0",
+    gw = make_gateway(
         zstack_url=upstream.url,
         default_timeout=30,
         max_held_bytes=3_500_000,
-        readiness_interval=0,
         metrics_listen=f"127.0.0.1:{metrics_port}",
-    ).check()
-    gw = GatewayThread(config)
+    )
 
     def held() -> float:
-        value = read_metric(metrics_port, "zstack_gateway_held_bytes")
+        value = scrape(f"http://127.0.0.1:{metrics_port}/metrics").get("zstack_gateway_held_bytes")
         assert value is not None, "no zstack_gateway_held_bytes gauge"
         return value
 
-    try:
-        with grpc.insecure_channel(gw.target) as ch:
-            stub = svc_grpc.VmInstanceServiceStub(ch)
-            upstream.body = normal
-            assert len(uuids(read_all(stub, 50))) == 1_000
-            assert wait_until(lambda: held() == 0, timeout=5), held()
-            upstream.hang = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (3 * stalled) + b" " * stalled
-            calls = [stub.GetCandidateIso(request(i), metadata=AUTH, timeout=30) for i in (1, 2)]
-            try:
-                assert wait_until(lambda: held() == 2 * stalled, timeout=10), held()
-                upstream.hang = None
-                with pytest.raises(grpc.RpcError) as info:
-                    read_all(stub, 3)
-                d = decode(info.value)
-                assert d.code == C.RESOURCE_EXHAUSTED, d
-                assert d.info.reason == "GATEWAY_MEMORY_BUDGET"
-                assert "--max-held-bytes" in d.message
-                status = rpc_status.from_call(info.value)
-                assert status is not None
-                assert any(detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for detail in status.details)
-                assert held() == 2 * stalled  # the refused call released what it had read
-            finally:
-                for call in calls:
-                    call.cancel()
-            assert wait_until(lambda: held() == 0, timeout=5), held()
-            # A call ending with an error mid-stream releases what it held.
-            upstream.body = body_of([image(i) for i in range(30)] + [{"uuid": 5}])
+    with grpc.insecure_channel(gw.target) as ch:
+        stub = svc_grpc.VmInstanceServiceStub(ch)
+        upstream.body = normal
+        assert len(uuids(read_all(stub, 50))) == 1_000
+        assert wait_until(lambda: held() == 0, timeout=5), held()
+        upstream.hang = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (3 * stalled) + b" " * stalled
+        calls = [stub.GetCandidateIso(request(i), metadata=AUTH, timeout=30) for i in (1, 2)]
+        try:
+            assert wait_until(lambda: held() == 2 * stalled, timeout=10), held()
+            upstream.hang = None
             with pytest.raises(grpc.RpcError) as info:
-                read_all(stub, 4)
-            assert decode(info.value).info.reason == "ZSTACK_BAD_RESPONSE"
-            assert wait_until(lambda: held() == 0, timeout=5), held()
-            # And so do a stream read halfway then cancelled, and one read to its end.
-            upstream.body = normal
-            call = stub.GetCandidateIso(request(6), metadata=AUTH, timeout=30)
-            next(call)
-            call.cancel()
-            assert len(uuids(read_all(stub, 5))) == 1_000
-            assert wait_until(lambda: held() == 0, timeout=5), held()
-    finally:
-        gw.stop()
+                read_all(stub, 3)
+            d = decode(info.value)
+            assert d.code == C.RESOURCE_EXHAUSTED, d
+            assert d.info.reason == "GATEWAY_MEMORY_BUDGET"
+            assert "--max-held-bytes" in d.message
+            status = rpc_status.from_call(info.value)
+            assert status is not None
+            assert any(detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for detail in status.details)
+            assert held() == 2 * stalled  # the refused call released what it had read
+        finally:
+            for call in calls:
+                call.cancel()
+        assert wait_until(lambda: held() == 0, timeout=5), held()
+        # A call ending with an error mid-stream releases what it held.
+        upstream.body = body_of([image(i) for i in range(30)] + [{"uuid": 5}])
+        with pytest.raises(grpc.RpcError) as info:
+            read_all(stub, 4)
+        assert decode(info.value).info.reason == "ZSTACK_BAD_RESPONSE"
+        assert wait_until(lambda: held() == 0, timeout=5), held()
+        # And so do a stream read halfway then cancelled, and one read to its end.
+        upstream.body = normal
+        call = stub.GetCandidateIso(request(6), metadata=AUTH, timeout=30)
+        next(call)
+        call.cancel()
+        assert len(uuids(read_all(stub, 5))) == 1_000
+        assert wait_until(lambda: held() == 0, timeout=5), held()
 
 
 # ---------------------------------------------------------------------------------------------

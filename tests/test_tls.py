@@ -4,113 +4,28 @@ verification on by default). Certificates are made per test session with the ope
 from __future__ import annotations
 
 import logging
-import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import zstack_sim
 from conftest import AUTH
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import GatewayThread, SimControl
+from harness import GatewayThread, account
+from pki import Pki, needs_openssl
 from statuses import decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import Config, ConfigError
 from zstack_gateway.settings import Secret
+from zstack_sim.control_client import SimControl
 
 VM = zstack_sim.DEMO_VM_UUID
 C = grpc.StatusCode
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_ca: Path
-    rogue_cert: Path
-    rogue_key: Path
-
-    def read(self, path: Path) -> bytes:
-        return path.read_bytes()
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _make_ca(d: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
-
-
-def _make_leaf(d: Path, name: str, ca: str, ext: str) -> None:
-    (d / f"{name}.ext").write_text(ext)
-    _openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-        cwd=d,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-        cwd=d,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    _make_ca(d, "ca")
-    _make_ca(d, "rogue-ca")
-    _make_leaf(d, "server", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    _make_leaf(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
-    _make_leaf(d, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth\n")
-    return Pki(
-        d / "ca.pem",
-        d / "server.pem",
-        d / "server.key",
-        d / "client.pem",
-        d / "client.key",
-        d / "rogue-ca.pem",
-        d / "rogue.pem",
-        d / "rogue.key",
-    )
-
-
-@pytest.fixture
-def make_gateway(simulator) -> Iterator[Any]:
-    started: list[GatewayThread] = []
-
-    def make(**overrides: Any) -> GatewayThread:
-        settings: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "zstack_url": simulator.url,
-            "default_timeout": 5.0,
-            "readiness_interval": 0.0,
-            **overrides,
-        }
-        gw = GatewayThread(Config(**settings).check())
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
+pytestmark = needs_openssl
 
 
 def secure_channel(gw: GatewayThread, root: Path, cert: Path | None = None, key: Path | None = None):
@@ -153,12 +68,7 @@ def test_tls_listener_serves_tls_only(make_gateway, pki: Pki, sim: SimControl):
 
 def test_mutual_tls_accepts_a_trusted_client_and_rejects_the_rest(make_gateway, pki: Pki, sim: SimControl):
     gw = make_gateway(
-        tls_cert=str(pki.server_cert),
-        tls_key=str(pki.server_key),
-        tls_client_ca=str(pki.ca),
-        auth_mode="account",
-        zstack_account=zstack_sim.DEMO_ACCOUNT_NAME,
-        zstack_password=Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
+        **account(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
     )
     with secure_channel(gw, pki.ca, pki.client_cert, pki.client_key) as ch:
         assert images(ch, metadata=()) == list(zstack_sim.DEMO_IMAGE_UUIDS)
@@ -224,13 +134,7 @@ def test_https_zstack_verified_with_a_ca_bundle(make_gateway, pki: Pki, https_si
 
 
 def test_https_account_mode_logs_in_over_tls(make_gateway, pki: Pki, https_sim):
-    gw = make_gateway(
-        zstack_url=https_sim.url,
-        zstack_ca_file=str(pki.ca),
-        auth_mode="account",
-        zstack_account="admin",
-        zstack_password=Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-    )
+    gw = make_gateway(**account(zstack_url=https_sim.url, zstack_ca_file=str(pki.ca)))
     with gw.channel() as ch:
         assert images(ch, metadata=())  # no caller session: the gateway logged in over https
 
@@ -245,12 +149,7 @@ def test_https_zstack_is_verified_by_default(make_gateway, https_sim):
 
 
 def test_https_zstack_account_login_is_verified_too(make_gateway, https_sim):
-    gw = make_gateway(
-        zstack_url=https_sim.url,
-        auth_mode="account",
-        zstack_account="admin",
-        zstack_password=Secret(zstack_sim.DEMO_ACCOUNT_PASSWORD),
-    )
+    gw = make_gateway(**account(zstack_url=https_sim.url))
     with gw.channel() as ch, pytest.raises(grpc.RpcError) as info:
         images(ch, metadata=())
     d = decode(info.value)

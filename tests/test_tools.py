@@ -15,6 +15,7 @@ import pytest
 import zstack_sim
 from conftest import SESSION
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from zstack_sim.processes import GATEWAY_READY, Proc, console_script, free_port, start, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = Path(sys.executable).with_name("grpcurl")
@@ -39,13 +40,15 @@ def test_grpcurl_lists_and_describes_through_reflection(gateway):
     assert "backup_storage_refs" in out.stdout
 
 
+def grpcurl_candidates(target: str, vm: str) -> subprocess.CompletedProcess[str]:
+    """GetCandidateIso for ``vm`` with the demo session, through grpcurl."""
+    payload = json.dumps({"vmInstanceUuid": vm})
+    flags = ("-H", f"authorization: OAuth {SESSION}", "-d", payload)
+    return grpcurl(target, "zstack.v1.VmInstanceService/GetCandidateIso", flags=flags)
+
+
 def test_grpcurl_calls_and_prints_zstack_json_names(gateway, sim):
-    payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_VM_UUID})
-    out = grpcurl(
-        gateway.target,
-        "zstack.v1.VmInstanceService/GetCandidateIso",
-        flags=("-H", f"authorization: OAuth {SESSION}", "-d", payload),
-    )
+    out = grpcurl_candidates(gateway.target, zstack_sim.DEMO_VM_UUID)
     assert out.returncode == 0, out.stderr
     assert '"backupStorageRefs"' in out.stdout
     assert '"mediaType"' in out.stdout
@@ -53,12 +56,7 @@ def test_grpcurl_calls_and_prints_zstack_json_names(gateway, sim):
 
 
 def test_grpcurl_shows_a_readable_not_found(gateway, sim):
-    payload = json.dumps({"vmInstanceUuid": zstack_sim.DEMO_MISSING_VM_UUID})
-    out = grpcurl(
-        gateway.target,
-        "zstack.v1.VmInstanceService/GetCandidateIso",
-        flags=("-H", f"authorization: OAuth {SESSION}", "-d", payload),
-    )
+    out = grpcurl_candidates(gateway.target, zstack_sim.DEMO_MISSING_VM_UUID)
     assert out.returncode != 0
     assert "NotFound" in out.stderr
     assert "ZStack SYS.1003: invalid field[vmInstanceUuid]" in out.stderr
@@ -97,34 +95,18 @@ def test_buf_curl_calls_the_gateway(gateway, sim):
     assert "TinyLinux" in out.stdout
 
 
-def _start_demo(port: int) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).with_name("zstack-gateway")
-    return subprocess.Popen(
-        [str(exe), "--demo", "--listen", f"127.0.0.1:{port}", "--shutdown-grace", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+def _start_demo(log_dir: Path, port: int) -> Proc:
+    command = [*console_script("zstack-gateway", "zstack_gateway"), "--demo", "--shutdown-grace", "5"]
+    return start("demo", [*command, "--listen", f"127.0.0.1:{port}"], GATEWAY_READY, log_dir, cwd=ROOT)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_demo_prints_a_grpcurl_line_that_works_as_printed():
-    port = _free_port()
-    proc = _start_demo(port)
-    try:
-        assert proc.stdout is not None
-        ready = proc.stdout.readline()
+def test_demo_prints_a_grpcurl_line_that_works_as_printed(tmp_path):
+    port = free_port()
+    with _start_demo(tmp_path, port) as proc:
+        assert wait_until(lambda: len(proc.output().splitlines()) >= 3, timeout=10), proc.output()
+        ready, try_it, command = (line.strip() for line in proc.output().splitlines()[:3])
         assert f"ready on 127.0.0.1:{port}" in ready
-        assert proc.stdout.readline().strip() == "try it:"
-        command = proc.stdout.readline().strip()
+        assert try_it == "try it:"
         assert command.startswith(".venv/bin/grpcurl ") or command.startswith("grpcurl ")
         out = subprocess.run(
             command,
@@ -137,27 +119,17 @@ def test_demo_prints_a_grpcurl_line_that_works_as_printed():
         )
         assert out.returncode == 0, out.stderr
         assert "TinyLinux" in out.stdout
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert proc.stop(15) == 0
 
 
-def test_sigterm_drains_in_flight_calls_and_flips_health_first():
-    port = _free_port()
-    proc = _start_demo(port)
-    try:
-        assert proc.stdout is not None
-        assert "ready" in proc.stdout.readline()
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-            proc.send_signal(signal.SIGTERM)
-            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+def test_sigterm_drains_in_flight_calls_and_flips_health_first(tmp_path):
+    with _start_demo(tmp_path, free_port()) as proc, grpc.insecure_channel(proc.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        proc.signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_bad_configuration_exits_2_with_a_message():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,13 @@ from typing import Any
 import grpc
 import pytest
 import zstack_sim
-from conftest import AUTH, SESSION
+from conftest import AUTH, BEYOND_DOUBLE, SESSION
 from google.protobuf import json_format
-from harness import GatewayThread, SimControl
+from harness import GatewayThread
 from zstack.v1 import image_pb2, vm_instance_service_pb2
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE = shutil.which("node")
@@ -37,9 +37,6 @@ pytestmark = [
     pytest.mark.skipif(NODE is None or NPM is None, reason="node and npm are not installed"),
     pytest.mark.skipif(not TSC.exists(), reason="typescript is installed by `make node`"),
 ]
-
-#: 2^53 + 1: the smallest int64 a JavaScript number cannot hold exactly.
-BEYOND_DOUBLE = 2**53 + 1
 
 
 @pytest.fixture(scope="module")
@@ -144,37 +141,18 @@ def test_ts_decodes_not_found_with_zstack_error_code(example: Path, target: str)
 
 
 def test_ts_reports_an_unreachable_gateway_without_zstack_details(example: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    report = ts_error(run_ts(example, f"127.0.0.1:{port}", zstack_sim.DEMO_VM_UUID))
+    report = ts_error(run_ts(example, f"127.0.0.1:{free_port()}", zstack_sim.DEMO_VM_UUID))
     assert report["code"] == "Unavailable"
     assert "zstack" not in report
 
 
-@pytest.fixture(scope="module")
-def big_target() -> Iterator[str]:
-    """A gateway whose simulator says the demo's CentOS image is 2^53 + 1 bytes."""
-    data = zstack_sim.demo_data()
-    [centos] = [i for i in data.images.values() if i["name"].startswith("CentOS-7")]
-    centos["size"] = BEYOND_DOUBLE
-    with zstack_sim.run_in_thread(data) as sim:
-        gw = GatewayThread(Config(listen="127.0.0.1:0", zstack_url=sim.url, default_timeout=5.0).check())
-        try:
-            yield gw.target
-        finally:
-            gw.stop()
-
-
-def test_ts_keeps_int64_beyond_2_to_53_exact(example: Path, big_target: str) -> None:
-    out = run_ts(example, big_target, zstack_sim.DEMO_VM_UUID, "--json")
+def test_ts_keeps_int64_beyond_2_to_53_exact(example: Path, beyond_double_target: str) -> None:
+    out = run_ts(example, beyond_double_target, zstack_sim.DEMO_VM_UUID, "--json")
     assert out.returncode == 0, out.stderr
     images = [i for line in out.stdout.splitlines() for i in json.loads(line).get("inventories", [])]
     assert str(BEYOND_DOUBLE) in [i.get("size") for i in images]
     # The bigint's digits, not the nearest double's (9007199254740992).
-    out = run_ts(example, big_target, zstack_sim.DEMO_VM_UUID)
+    out = run_ts(example, beyond_double_target, zstack_sim.DEMO_VM_UUID)
     assert out.returncode == 0, out.stderr
     [row] = [line.split("\t") for line in out.stdout.splitlines() if "CentOS-7" in line]
     assert row[2] == str(BEYOND_DOUBLE)

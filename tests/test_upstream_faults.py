@@ -18,17 +18,19 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 
 import grpc
 import pytest
 import zstack_sim
-from harness import GatewayThread, SimControl
+from calls import deadline_storm
+from harness import Gateways, has_traceback
+from hostile import RawListener
 from statuses import Decoded, decode
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
-from zstack_gateway import Config
+from zstack_sim.control_client import SimControl
+from zstack_sim.processes import wait_until
 
 C = grpc.StatusCode
 VM = zstack_sim.DEMO_VM_UUID
@@ -73,16 +75,12 @@ def gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
     gateway did not expect), and anything asyncio reported on the gateway's own thread (an
     exception nobody retrieved, a callback that failed). The gateway may log failed calls at ERROR
     without a traceback; those are its business, not an unhandled exception."""
-    found = []
-    for r in caplog.records:
-        if r.levelno < logging.ERROR:
-            continue
-        ours = r.name.startswith(("zstack_gateway", "grpc"))
-        if (ours and (r.exc_info or "Traceback" in r.getMessage())) or (
-            r.name == "asyncio" and r.threadName == "gateway"
-        ):
-            found.append(r)
-    return found
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        and (r.threadName == "gateway" if r.name == "asyncio" else has_traceback(r))
+    ]
 
 
 def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -92,13 +90,11 @@ def assert_no_gateway_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
-def wait_until(predicate, timeout: float = 2.0, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+def assert_recovered(stub, caplog: pytest.LogCaptureFixture, images: int = 5) -> None:
+    """Once the fault is gone: the next normal call through the same gateway succeeds (with
+    ``images`` images), and the gateway logged no unexpected exception."""
+    assert_normal_call_succeeds(stub, images=images)
+    assert_no_gateway_tracebacks(caplog)
 
 
 @pytest.fixture
@@ -120,7 +116,7 @@ GOOD_ANSWER = (
 )
 
 
-class RawUpstream:
+class RawUpstream(RawListener):
     """A listener on 127.0.0.1 that answers every connection as ``mode`` says: ``HOLD``, ``CLOSE``,
     or bytes to send as they are before closing the connection."""
 
@@ -128,44 +124,15 @@ class RawUpstream:
         self.mode: str | bytes = GOOD_ANSWER
         self.held: list[socket.socket] = []
         self._lock = threading.Lock()
-        self.port = 0
-        self._listen()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
-    def _listen(self) -> None:
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._sock.listen(64)
-        self._sock.settimeout(0.1)
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="raw-upstream", daemon=True)
-        self._thread.start()
-
-    def stop_listening(self) -> None:
-        """Close the listening socket: connections to the port are refused until listen_again()."""
-        self._stop.set()
-        self._sock.close()
-        self._thread.join(5)
-
-    def listen_again(self) -> None:
-        self._listen()
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            mode = self.mode
-            if mode == HOLD:
-                with self._lock:
-                    self.held.append(conn)
-                continue
-            threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        mode = self.mode
+        if mode == HOLD:
+            with self._lock:
+                self.held.append(conn)
+            return
+        threading.Thread(target=self._answer, args=(conn, mode), daemon=True).start()
 
     @staticmethod
     def _answer(conn: socket.socket, mode: str | bytes) -> None:
@@ -221,15 +188,8 @@ def raw_upstream() -> Iterator[RawUpstream]:
 
 
 @pytest.fixture(scope="module")
-def raw_gateway(raw_upstream: RawUpstream) -> Iterator[svc_grpc.VmInstanceServiceStub]:
-    gw = GatewayThread(
-        Config(
-            listen="127.0.0.1:0", zstack_url=raw_upstream.url, default_timeout=5.0, max_body_bytes=4096
-        ).check()
-    )
-    with gw.channel() as ch:
-        yield svc_grpc.VmInstanceServiceStub(ch)
-    gw.stop()
+def raw_gateway(module_gateways: Gateways, raw_upstream: RawUpstream) -> svc_grpc.VmInstanceServiceStub:
+    return module_gateways(zstack_url=raw_upstream.url, max_body_bytes=4096).stub
 
 
 @pytest.fixture
@@ -256,8 +216,7 @@ def test_broken_connection_is_unavailable(stub, sim: SimControl, errors_log, fau
     assert d.code == code
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 @pytest.mark.parametrize(
@@ -278,32 +237,7 @@ def test_stalled_answer_is_deadline_exceeded_at_the_callers_deadline(
     # The stalled upstream request was abandoned, not left running in the pool.
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=1.0)
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
-
-
-async def _deadline_storm(
-    target: str, calls: int, concurrency: int, vms: list[str], deadline_s: float
-) -> Counter:
-    """``calls`` calls at ``concurrency``, each to a VM whose upstream answer never comes."""
-    codes: Counter = Counter()
-    todo = list(range(calls))
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = svc_grpc.VmInstanceServiceStub(channel)
-
-        async def worker() -> None:
-            while todo:
-                vm = vms[todo.pop() % len(vms)]
-                request = svc.GetCandidateIsoRequest(vm_instance_uuid=vm)
-                try:
-                    async for _ in stub.GetCandidateIso(request, metadata=AUTH, timeout=deadline_s):
-                        pass
-                    codes[C.OK] += 1
-                except grpc.aio.AioRpcError as err:
-                    codes[err.code()] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return codes
+    assert_recovered(stub, errors_log)
 
 
 def test_many_calls_running_out_of_time_together_log_no_tracebacks(
@@ -317,14 +251,13 @@ def test_many_calls_running_out_of_time_together_log_no_tracebacks(
     sim.fault(action="drip", interval=0.05, path="/vm-instances/fb17")
     vms = ["fa17" + "0" * 28, "fb17" + "0" * 28]
     for _ in range(4):  # the race is timing-dependent: a few storms make it show if it is back
-        codes = asyncio.run(_deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
+        codes = asyncio.run(deadline_storm(gateway.target, 300, 64, vms, deadline_s=0.3))
         assert set(codes) == {C.DEADLINE_EXCEEDED}, codes
         if gateway_tracebacks(errors_log):
             break
     sim.clear_faults()
     assert wait_until(lambda: sim.stats()["in_flight"] == 0, timeout=2.0)
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +306,7 @@ def test_unreadable_answer_is_internal_bad_response(stub, sim: SimControl, error
     assert d.info.reason == "ZSTACK_BAD_RESPONSE"
     assert needle in d.message
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,32 +358,37 @@ def test_non_zstack_status_maps_to_its_code(stub, sim: SimControl, errors_log, s
     assert d.info.metadata["httpStatus"] == str(status)
     assert "<" not in d.message  # HTML is reduced to its title, never passed on
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
 # ZStack's own errors about time and readiness
 
 
-def test_zstack_timeout_under_the_callers_deadline_is_deadline_exceeded(stub, sim: SimControl, errors_log):
-    sim.fault(action="zstack_error", code="SYS.1001", details="the API timed out after 1 s")
+@pytest.mark.parametrize(
+    ("zstack_code", "details", "code"),
+    [
+        pytest.param(
+            "SYS.1001", "the API timed out after 1 s", C.DEADLINE_EXCEEDED, id="timeout-is-deadline-exceeded"
+        ),
+        pytest.param(
+            "SYS.1010",
+            "management node[uuid:x] is not ready yet",
+            C.UNAVAILABLE,
+            id="not-ready-is-unavailable",
+        ),
+    ],
+)
+def test_zstack_time_and_readiness_errors(stub, sim: SimControl, errors_log, zstack_code, details, code):
+    """ZStack's timeout (under the caller's deadline) and a management node not ready yet: the
+    README's code, with ZStack's ErrorCode and reason kept."""
+    sim.fault(action="zstack_error", code=zstack_code, details=details)
     d, _ = fail(stub)
-    assert d.code == C.DEADLINE_EXCEEDED
-    assert d.error_code is not None and d.error_code.code == "SYS.1001"
+    assert d.code == code
+    assert d.error_code is not None and d.error_code.code == zstack_code
+    assert d.info.reason == "ZSTACK_" + zstack_code.replace(".", "_")
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
-
-
-def test_management_node_not_ready_is_unavailable(stub, sim: SimControl, errors_log):
-    sim.fault(action="zstack_error", code="SYS.1010", details="management node[uuid:x] is not ready yet")
-    d, _ = fail(stub)
-    assert d.code == C.UNAVAILABLE
-    assert d.info.reason == "ZSTACK_SYS_1010"
-    sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: SimControl, errors_log):
@@ -468,8 +405,7 @@ def test_long_chinese_zstack_error_reaches_the_caller_with_its_code(stub, sim: S
         assert info.value.code() == C.NOT_FOUND, info.value.details()
     assert decode(info.value).error_code.code == "SYS.1003"
     sim.clear_faults()
-    assert_normal_call_succeeds(stub, images=5)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(stub, errors_log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,8 +450,7 @@ def test_body_over_the_cap_is_internal_and_the_pool_survives(
         assert d.info.reason == "ZSTACK_BAD_RESPONSE"
         assert "4096" in d.message
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,12 +464,11 @@ def test_connection_refused_is_unavailable_and_the_gateway_recovers(
     try:
         d, _ = fail(raw_gateway)
     finally:
-        raw.listen_again()  # ZStack comes back on the same port
+        raw.listen()  # ZStack comes back on the same port
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     assert f"127.0.0.1:{raw.port}" in d.message
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawUpstream, errors_log):
@@ -545,8 +479,7 @@ def test_listener_that_never_answers_is_deadline_exceeded(raw_gateway, raw: RawU
     # The gateway gave up on the connection at the deadline: the peer sees it closed.
     assert raw.held_closed_by_peer(timeout=1.0)
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 @pytest.mark.parametrize(
@@ -563,8 +496,7 @@ def test_connection_closed_early_is_unavailable(raw_gateway, raw: RawUpstream, e
     assert d.code == C.UNAVAILABLE
     assert d.info.reason == "UPSTREAM_UNAVAILABLE"
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_body_that_is_not_utf8_is_internal_bad_response(raw_gateway, raw: RawUpstream, errors_log):
@@ -574,8 +506,7 @@ def test_body_that_is_not_utf8_is_internal_bad_response(raw_gateway, raw: RawUps
     assert d.code == C.INTERNAL
     assert d.info.reason == "ZSTACK_BAD_RESPONSE"
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)
 
 
 def test_garbage_instead_of_http_is_unavailable(raw_gateway, raw: RawUpstream, errors_log):
@@ -585,5 +516,4 @@ def test_garbage_instead_of_http_is_unavailable(raw_gateway, raw: RawUpstream, e
     d, _ = fail(raw_gateway)
     assert d.code == C.UNAVAILABLE
     raw.mode = GOOD_ANSWER
-    assert_normal_call_succeeds(raw_gateway, images=1)
-    assert_no_gateway_tracebacks(errors_log)
+    assert_recovered(raw_gateway, errors_log, images=1)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, ClassVar, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -90,10 +90,84 @@ def _channel_settings(
     return channel_credentials, list(options)
 
 
-class _Base:
-    """What both clients share: settings, request and metadata building."""
+def _request(
+    vm_instance_uuid: str, system_tags: Iterable[str], user_tags: Iterable[str]
+) -> vm_instance_service_pb2.GetCandidateIsoRequest:
+    # A lone string is iterable too; taken as tags it would send one tag per character.
+    for name, tags in (("system_tags", system_tags), ("user_tags", user_tags)):
+        if isinstance(tags, str | bytes):
+            raise TypeError(f"{name} must be a sequence of strings, not a single string")
+    return vm_instance_service_pb2.GetCandidateIsoRequest(
+        vm_instance_uuid=vm_instance_uuid, system_tags=list(system_tags), user_tags=list(user_tags)
+    )
+
+
+class _CallOptions(TypedDict, total=False):
+    """The keyword arguments of ``iter_candidates``, which ``list_candidates`` passes on."""
+
+    system_tags: Iterable[str]
+    user_tags: Iterable[str]
+    timeout: _Timeout
+
+
+_ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
+_ImagesT = TypeVar("_ImagesT", Iterator[image_pb2.ImageInventory], AsyncIterator[image_pb2.ImageInventory])
+
+
+class _Base(Generic[_ChannelT, _ImagesT]):
+    """What both clients share: settings, the channel, request and metadata building. A subclass
+    names its kind of channel and how to open one."""
+
+    #: The channel class ``from_channel`` takes, and its name in messages.
+    _channel_class: ClassVar[type]
+    _channel_class_name: ClassVar[str]
+    #: ``grpc.insecure_channel`` and ``grpc.secure_channel``, or their ``grpc.aio`` versions.
+    _insecure_channel: ClassVar[Callable[..., Any]]
+    _secure_channel: ClassVar[Callable[..., Any]]
+
+    _channel: _ChannelT
+    _stub: vm_instance_service_pb2_grpc.VmInstanceServiceStub
 
     def __init__(
+        self,
+        target: str,
+        *,
+        session: str | None = None,
+        token: str | None = None,
+        tls: TlsConfig | bool = False,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._settings(target, session=session, token=token, timeout=timeout, metadata=metadata)
+        credentials, channel_options = _channel_settings(tls, channel_credentials, options)
+        if credentials is None:
+            channel = type(self)._insecure_channel(target, options=channel_options)
+        else:
+            channel = type(self)._secure_channel(target, credentials, options=channel_options)
+        self._attach(channel, owns=True)
+
+    @classmethod
+    def from_channel(
+        cls,
+        channel: _ChannelT,
+        *,
+        session: str | None = None,
+        token: str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Self:
+        """A client on a channel the caller made (TLS and options are the channel's) and keeps:
+        ``close`` leaves the channel open. Several clients may share one channel."""
+        if not isinstance(channel, cls._channel_class):
+            raise TypeError(f"channel must be a {cls._channel_class_name}, not {type(channel).__name__}")
+        client = cls.__new__(cls)
+        client._settings(None, session=session, token=token, timeout=timeout, metadata=metadata)
+        client._attach(channel, owns=False)
+        return client
+
+    def _settings(
         self,
         target: str | None,
         *,
@@ -110,7 +184,11 @@ class _Base:
         self._timeout = timeout
         self._metadata = _auth_metadata(session, token, metadata)
         self._closed = False
-        self._owns_channel = True
+
+    def _attach(self, channel: _ChannelT, *, owns: bool) -> None:
+        self._channel = channel
+        self._owns_channel = owns
+        self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
 
     @property
     def target(self) -> str | None:
@@ -126,12 +204,33 @@ class _Base:
         where = repr(self._target) if self._target is not None else "<channel>"
         return f"{type(self).__name__}({where}, timeout={self._timeout!r})"
 
-    def _call_timeout(self, timeout: _Timeout) -> float | None:
+    def iter_candidates(
+        self,
+        vm_instance_uuid: str,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        timeout: _Timeout = _CLIENT_TIMEOUT,
+    ) -> _ImagesT:
+        """The ISO images that can be attached to the VM, in ZStack's order, each as soon as it
+        arrives (``async for`` with AsyncIsoClient). The call starts at the first image asked for;
+        leaving the loop early cancels it.
+
+        Raises ZStackError for any failure, also one in the middle of the stream.
+        """
+        request = _request(vm_instance_uuid, system_tags, user_tags)
         if timeout is _CLIENT_TIMEOUT:
-            return self._timeout
-        if timeout is not None and not timeout > 0:
+            deadline = self._timeout
+        elif timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
-        return timeout
+        else:
+            deadline = timeout
+        return self._stream(request, deadline)
+
+    def _stream(
+        self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
+    ) -> _ImagesT:
+        raise NotImplementedError
 
     def _check_open(self) -> None:
         if self._closed:
@@ -139,19 +238,7 @@ class _Base:
             raise ZStackError(grpc.StatusCode.CANCELLED, "the client is closed")
 
 
-def _request(
-    vm_instance_uuid: str, system_tags: Iterable[str], user_tags: Iterable[str]
-) -> vm_instance_service_pb2.GetCandidateIsoRequest:
-    # A lone string is iterable too; taken as tags it would send one tag per character.
-    for name, tags in (("system_tags", system_tags), ("user_tags", user_tags)):
-        if isinstance(tags, str | bytes):
-            raise TypeError(f"{name} must be a sequence of strings, not a single string")
-    return vm_instance_service_pb2.GetCandidateIsoRequest(
-        vm_instance_uuid=vm_instance_uuid, system_tags=list(system_tags), user_tags=list(user_tags)
-    )
-
-
-class IsoClient(_Base):
+class IsoClient(_Base[grpc.Channel, Iterator[image_pb2.ImageInventory]]):
     """A blocking client of the gateway's ``zstack.v1.VmInstanceService``.
 
     Arguments:
@@ -181,46 +268,10 @@ class IsoClient(_Base):
             images = client.list_candidates(vm_uuid)
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        session: str | None = None,
-        token: str | None = None,
-        tls: TlsConfig | bool = False,
-        channel_credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Sequence[tuple[str, str]] = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        super().__init__(target, session=session, token=token, timeout=timeout, metadata=metadata)
-        credentials, channel_options = _channel_settings(tls, channel_credentials, options)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=channel_options)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
-        self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(self._channel)
-
-    @classmethod
-    def from_channel(
-        cls,
-        channel: grpc.Channel,
-        *,
-        session: str | None = None,
-        token: str | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> Self:
-        """A client on a channel the caller made (TLS and options are the channel's) and keeps:
-        :meth:`close` leaves the channel open. Several clients may share one channel."""
-        if not isinstance(channel, grpc.Channel):
-            raise TypeError(f"channel must be a grpc.Channel, not {type(channel).__name__}")
-        client = cls.__new__(cls)
-        _Base.__init__(client, None, session=session, token=token, timeout=timeout, metadata=metadata)
-        client._owns_channel = False
-        client._channel = channel
-        client._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
-        return client
+    _channel_class = grpc.Channel
+    _channel_class_name = "grpc.Channel"
+    _insecure_channel = staticmethod(grpc.insecure_channel)
+    _secure_channel = staticmethod(grpc.secure_channel)
 
     def __enter__(self) -> Self:
         return self
@@ -238,36 +289,11 @@ class IsoClient(_Base):
             if self._owns_channel:
                 self._channel.close()
 
-    def iter_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
-    ) -> Iterator[image_pb2.ImageInventory]:
-        """The ISO images that can be attached to the VM, in ZStack's order, each as soon as it
-        arrives. The call starts at the first ``next()``; leaving the loop early cancels it.
-
-        Raises ZStackError for any failure, also one in the middle of the stream.
-        """
-        request = _request(vm_instance_uuid, system_tags, user_tags)
-        deadline = self._call_timeout(timeout)
-        return self._stream(request, deadline)
-
     def list_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
+        self, vm_instance_uuid: str, **options: Unpack[_CallOptions]
     ) -> list[image_pb2.ImageInventory]:
-        """All of :meth:`iter_candidates` as a list."""
-        images = self.iter_candidates(
-            vm_instance_uuid, system_tags=system_tags, user_tags=user_tags, timeout=timeout
-        )
-        return list(images)
+        """All of :meth:`iter_candidates` as a list (the same keyword arguments)."""
+        return list(self.iter_candidates(vm_instance_uuid, **options))
 
     def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
@@ -284,7 +310,7 @@ class IsoClient(_Base):
             call.cancel()
 
 
-class AsyncIsoClient(_Base):
+class AsyncIsoClient(_Base[grpc.aio.Channel, AsyncIterator[image_pb2.ImageInventory]]):
     """:class:`IsoClient` for asyncio, on ``grpc.aio``, with the same arguments. Create it inside
     the running event loop. Use ``async with``, or ``await close()``, to close the channel::
 
@@ -294,46 +320,11 @@ class AsyncIsoClient(_Base):
                 print(image.uuid, arch)
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        session: str | None = None,
-        token: str | None = None,
-        tls: TlsConfig | bool = False,
-        channel_credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Sequence[tuple[str, str]] = (),
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        super().__init__(target, session=session, token=token, timeout=timeout, metadata=metadata)
-        credentials, channel_options = _channel_settings(tls, channel_credentials, options)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
-        self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(self._channel)
-
-    @classmethod
-    def from_channel(
-        cls,
-        channel: grpc.aio.Channel,
-        *,
-        session: str | None = None,
-        token: str | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> Self:
-        """A client on a ``grpc.aio`` channel the caller made and keeps: :meth:`close` leaves the
-        channel open. Several clients may share one channel."""
-        if not isinstance(channel, grpc.aio.Channel):
-            raise TypeError(f"channel must be a grpc.aio.Channel, not {type(channel).__name__}")
-        client = cls.__new__(cls)
-        _Base.__init__(client, None, session=session, token=token, timeout=timeout, metadata=metadata)
-        client._owns_channel = False
-        client._channel = channel
-        client._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
-        return client
+    _channel_class = grpc.aio.Channel
+    _channel_class_name = "grpc.aio.Channel"
+    _insecure_channel = staticmethod(grpc.aio.insecure_channel)
+    _secure_channel = staticmethod(grpc.aio.secure_channel)
+    _stub: vm_instance_service_pb2_grpc.VmInstanceServiceAsyncStub
 
     async def __aenter__(self) -> Self:
         return self
@@ -351,33 +342,12 @@ class AsyncIsoClient(_Base):
             if self._owns_channel:
                 await self._channel.close()
 
-    def iter_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        timeout: _Timeout = _CLIENT_TIMEOUT,
-    ) -> AsyncIterator[image_pb2.ImageInventory]:
-        """``async for image in client.iter_candidates(vm)``: see :meth:`IsoClient.iter_candidates`."""
-        request = _request(vm_instance_uuid, system_tags, user_tags)
-        deadline = self._call_timeout(timeout)
-        return self._stream(request, deadline)
-
     async def list_candidates(
-        self,
-        vm_instance_uuid: str,
-        *,
-        system_tags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-        # The gRPC deadline is the timeout, as in IsoClient; asyncio.timeout() around the call works too.
-        timeout: _Timeout = _CLIENT_TIMEOUT,  # noqa: ASYNC109
+        self, vm_instance_uuid: str, **options: Unpack[_CallOptions]
     ) -> list[image_pb2.ImageInventory]:
-        """All of :meth:`iter_candidates` as a list."""
-        images = self.iter_candidates(
-            vm_instance_uuid, system_tags=system_tags, user_tags=user_tags, timeout=timeout
-        )
-        return [image async for image in images]
+        """All of :meth:`iter_candidates` as a list (the same keyword arguments; ``timeout`` is the
+        gRPC deadline, as in IsoClient, and ``asyncio.timeout()`` around the call works too)."""
+        return [image async for image in self.iter_candidates(vm_instance_uuid, **options)]
 
     async def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None

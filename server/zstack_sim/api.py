@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zstack_sim.auth import AccessKeyCredentials, Credentials, parse_authorization, signature_matches
-from zstack_sim.data import Vm, sha512_hex
+from zstack_sim.data import Vm
 from zstack_sim.params import FieldKind, RestError, java_trim, parse_java_long, parse_query_params, rest_error
 from zstack_sim.replies import Reply, json_reply, text_reply, zstack_error
 from zstack_sim.routing import Route, RouteMatch
@@ -242,7 +242,7 @@ class ZStackApi:
                     cost_ms=call.cost_ms,
                 )
         account = self.state.data.account_by_name(params["accountName"])
-        if account is None or sha512_hex(account.password) != params["password"]:
+        if account is None or account.password_hash != params["password"]:
             return zstack_error("ID.1000", "wrong account name or password", cost_ms=call.cost_ms)
         if self.state.sessions.count_for(account.uuid) >= self.state.config.max_sessions:
             return self._too_many_sessions(call)

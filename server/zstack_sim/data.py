@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -271,10 +272,16 @@ def _opt_date(obj: dict[str, Any], key: str, tz: tzinfo, default: float | None, 
         raise DataError(f"{where}: bad date in '{key}': {value!r}") from exc
 
 
-def _check_image(image: Any, index: int, tz: tzinfo) -> dict[str, Any]:
-    where = f"images[{index}]"
-    if not isinstance(image, dict):
-        raise DataError(f"{where} must be an object")
+def _objects(doc: dict[str, Any], key: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The entries of the data file's list ``key``, each an object, with where it stands."""
+    for i, obj in enumerate(doc.get(key, [])):
+        where = f"{key}[{i}]"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where} must be an object")
+        yield where, obj
+
+
+def _check_image(image: dict[str, Any], where: str, tz: tzinfo) -> dict[str, Any]:
     _req_str(image, "uuid", where)
     for key in _DATE_FIELDS:
         if isinstance(image.get(key), str):
@@ -300,26 +307,17 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
     data = SimData()
     if isinstance(doc.get("managementNodeUuid"), str):
         data.management_node_uuid = doc["managementNodeUuid"]
-    for i, a in enumerate(doc.get("accounts", [])):
-        where = f"accounts[{i}]"
-        if not isinstance(a, dict):
-            raise DataError(f"{where} must be an object")
+    for where, a in _objects(doc, "accounts"):
         account = Account(
             _req_str(a, "uuid", where), _req_str(a, "name", where), _req_str(a, "password", where)
         )
         data.accounts[account.uuid] = account
-    for i, k in enumerate(doc.get("accessKeys", [])):
-        where = f"accessKeys[{i}]"
-        if not isinstance(k, dict):
-            raise DataError(f"{where} must be an object")
+    for where, k in _objects(doc, "accessKeys"):
         key = AccessKey(
             _req_str(k, "id", where), _req_str(k, "secret", where), _req_str(k, "accountUuid", where)
         )
         data.access_keys[key.id] = key
-    for i, s in enumerate(doc.get("sessions", [])):
-        where = f"sessions[{i}]"
-        if not isinstance(s, dict):
-            raise DataError(f"{where} must be an object")
+    for where, s in _objects(doc, "sessions"):
         created = _opt_date(s, "createDate", tz, now, where)
         session = Session(
             uuid=_req_str(s, "uuid", where),
@@ -328,13 +326,10 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
             expires_at=_opt_date(s, "expiredDate", tz, None, where),
         )
         data.sessions[session.uuid] = session
-    for i, image in enumerate(doc.get("images", [])):
-        checked = _check_image(image, i, tz)
+    for where, image in _objects(doc, "images"):
+        checked = _check_image(image, where, tz)
         data.images[checked["uuid"]] = copy.deepcopy(checked)
-    for i, v in enumerate(doc.get("vms", [])):
-        where = f"vms[{i}]"
-        if not isinstance(v, dict):
-            raise DataError(f"{where} must be an object")
+    for where, v in _objects(doc, "vms"):
         candidates = v.get("candidates", [])
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
             raise DataError(f"{where}: 'candidates' must be a list of image uuids")

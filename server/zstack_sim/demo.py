@@ -17,25 +17,6 @@ from typing import Any
 
 from zstack_sim.data import AccessKey, Account, Session, SimData, Vm
 
-__all__ = [
-    "DEMO_ACCESS_KEY_ID",
-    "DEMO_ACCESS_KEY_SECRET",
-    "DEMO_ACCOUNT_NAME",
-    "DEMO_ACCOUNT_PASSWORD",
-    "DEMO_ACCOUNT_UUID",
-    "DEMO_EMPTY_VM_UUID",
-    "DEMO_IMAGE_UUIDS",
-    "DEMO_MISSING_VM_UUID",
-    "DEMO_MN_UUID",
-    "DEMO_SEED_IMAGE_UUID",
-    "DEMO_SESSION_UUID",
-    "DEMO_STARTING_VM_UUID",
-    "DEMO_STOPPED_VM_UUID",
-    "DEMO_VM_UUID",
-    "base_data",
-    "demo_data",
-]
-
 DEMO_ACCOUNT_NAME = "admin"
 DEMO_ACCOUNT_PASSWORD = "password"  # noqa: S105 - demo credentials, by design
 # ZStack's built-in admin account uuid.
@@ -59,9 +40,10 @@ _WINDOWS = "a4ca6c4bc78840a8bcc3ac5172d7ccd4"
 # Candidate order of DEMO_VM_UUID.
 DEMO_IMAGE_UUIDS: tuple[str, ...] = (DEMO_SEED_IMAGE_UUID, _CENTOS, _UBUNTU, _KYLIN, _WINDOWS)
 
-_BS_IMAGESTORE = "bbf35e93d4ca4117b26ed82fb22c0abc"
-_BS_CEPH = "217396177c143e49ad21dd5679e28a61"
-_BS_SFTP = "1dec722436104211970defac98d10a0d"
+# Backup storages the images are on.
+BS_IMAGESTORE = "bbf35e93d4ca4117b26ed82fb22c0abc"
+BS_CEPH = "217396177c143e49ad21dd5679e28a61"
+BS_SFTP = "1dec722436104211970defac98d10a0d"
 
 
 def _seed_image() -> dict[str, Any]:
@@ -77,7 +59,7 @@ def _seed_image() -> dict[str, Any]:
             {
                 "id": 1,
                 "imageUuid": DEMO_SEED_IMAGE_UUID,
-                "backupStorageUuid": _BS_CEPH,
+                "backupStorageUuid": BS_CEPH,
                 "installPath": "ceph://zs-images/f0b149e053b34c7eb7fe694b182ebffd",
                 "status": "Ready",
             }
@@ -85,7 +67,7 @@ def _seed_image() -> dict[str, Any]:
     }
 
 
-def _iso(
+def iso_image(
     uuid: str,
     name: str,
     description: str,
@@ -99,6 +81,8 @@ def _iso(
     updated: str,
     refs: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """A full ISO ImageInventory (every field the management node fills in for an ISO), dates as
+    ISO-8601."""
     return {
         "uuid": uuid,
         "name": name,
@@ -123,7 +107,10 @@ def _iso(
     }
 
 
-def _ref(ref_id: int, image: str, bs: str, path: str, created: str, updated: str) -> dict[str, Any]:
+def backup_storage_ref(
+    ref_id: int, image: str, bs: str, path: str, created: str, updated: str
+) -> dict[str, Any]:
+    """An ImageBackupStorageRefInventory of a Ready image, dates as ISO-8601."""
     return {
         "id": ref_id,
         "imageUuid": image,
@@ -136,7 +123,7 @@ def _ref(ref_id: int, image: str, bs: str, path: str, created: str, updated: str
 
 
 def _demo_images() -> list[dict[str, Any]]:
-    centos = _iso(
+    centos = iso_image(
         _CENTOS,
         "CentOS-7-x86_64-DVD-2009.iso",
         "CentOS 7.9 installation DVD",
@@ -149,10 +136,10 @@ def _demo_images() -> list[dict[str, Any]]:
         "2022-07-22T11:54:07+08:00",
         "2022-07-22T11:54:08+08:00",
         [
-            _ref(
+            backup_storage_ref(
                 2,
                 _CENTOS,
-                _BS_IMAGESTORE,
+                BS_IMAGESTORE,
                 f"zstore://{_CENTOS}/3f9b1d0c62f34e0d8f2a1c7e5b4a69d8e1c2f3a4",
                 "2022-07-22T11:54:07+08:00",
                 "2022-07-22T11:54:08+08:00",
@@ -160,18 +147,18 @@ def _demo_images() -> list[dict[str, Any]]:
         ],
     )
     ubuntu_refs = [
-        _ref(
+        backup_storage_ref(
             3,
             _UBUNTU,
-            _BS_IMAGESTORE,
+            BS_IMAGESTORE,
             f"zstore://{_UBUNTU}/9c1e7b5d24a84f0e96b3d2a1c8e7f6b5a4d3c2b1",
             "2024-03-05T16:20:31+08:00",
             "2024-03-05T16:21:02+08:00",
         ),
-        _ref(
+        backup_storage_ref(
             4,
             _UBUNTU,
-            _BS_CEPH,
+            BS_CEPH,
             "ceph://zs-images/7d2f0c9b8a6e4d3c2b1a0f9e8d7c6b5a",
             "2024-03-05T16:20:31+08:00",
             "2024-03-05T16:25:47+08:00",
@@ -180,7 +167,7 @@ def _demo_images() -> list[dict[str, Any]]:
     # One ref with the rarely-set export fields, so every field of the ref appears somewhere.
     ubuntu_refs[0]["exportMd5Sum"] = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
     ubuntu_refs[0]["exportUrl"] = f"http://10.0.0.21:8001/export/{_UBUNTU}.iso"
-    ubuntu = _iso(
+    ubuntu = iso_image(
         _UBUNTU,
         "ubuntu-22.04.4-live-server-amd64.iso",
         "Ubuntu Server 22.04.4 LTS",
@@ -194,7 +181,7 @@ def _demo_images() -> list[dict[str, Any]]:
         "2024-03-05T16:25:47+08:00",
         ubuntu_refs,
     )
-    kylin = _iso(
+    kylin = iso_image(
         _KYLIN,
         "银河麒麟高级服务器操作系统 V10 安装盘",
         "国产操作系统安装镜像 <SP3> & 'x86_64' 版=测试用",
@@ -207,17 +194,17 @@ def _demo_images() -> list[dict[str, Any]]:
         "2023-11-18T09:03:44+08:00",
         "2023-11-18T21:47:09+08:00",
         [
-            _ref(
+            backup_storage_ref(
                 5,
                 _KYLIN,
-                _BS_SFTP,
+                BS_SFTP,
                 f"/zstack_bs/rootVolumeTemplates/acct-36c27e8f/{_KYLIN}/{_KYLIN}.iso",
                 "2023-11-18T09:03:44+08:00",
                 "2023-11-18T21:47:09+08:00",
             )
         ],
     )
-    windows = _iso(
+    windows = iso_image(
         _WINDOWS,
         "Windows Server 2019 Datacenter (virtio drivers)",
         "Windows Server 2019 with the virtio-win 0.1.240 drivers slipstreamed",
@@ -230,10 +217,10 @@ def _demo_images() -> list[dict[str, Any]]:
         "2023-01-09T00:15:02+08:00",
         "2023-01-09T12:00:00+08:00",
         [
-            _ref(
+            backup_storage_ref(
                 6,
                 _WINDOWS,
-                _BS_IMAGESTORE,
+                BS_IMAGESTORE,
                 f"zstore://{_WINDOWS}/2b4d6f8a0c1e3a5b7d9f1e3c5a7b9d0f2e4c6a8b",
                 "2023-01-09T00:15:02+08:00",
                 "2023-01-09T12:00:00+08:00",

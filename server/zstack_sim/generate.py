@@ -7,7 +7,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from zstack_sim.data import SimData, Vm
-from zstack_sim.demo import DEMO_VM_UUID, base_data
+from zstack_sim.demo import (
+    BS_CEPH,
+    BS_IMAGESTORE,
+    BS_SFTP,
+    DEMO_VM_UUID,
+    backup_storage_ref,
+    base_data,
+    iso_image,
+)
 
 __all__ = ["generate"]
 
@@ -38,9 +46,9 @@ _DISTROS: tuple[tuple[str, str, str, bool, tuple[int, int]], ...] = (
 )
 
 _BACKUP_STORAGES: tuple[tuple[str, str], ...] = (
-    ("bbf35e93d4ca4117b26ed82fb22c0abc", "imagestore"),
-    ("217396177c143e49ad21dd5679e28a61", "ceph"),
-    ("1dec722436104211970defac98d10a0d", "sftp"),
+    (BS_IMAGESTORE, "imagestore"),
+    (BS_CEPH, "ceph"),
+    (BS_SFTP, "sftp"),
     ("6293ee53c0744e8b9822f30d5f82d1d9", "imagestore"),
 )
 
@@ -71,40 +79,25 @@ def _image(rng: random.Random, index: int, next_ref_id: int) -> tuple[dict[str, 
     refs: list[dict[str, Any]] = []
     for bs_uuid, kind in rng.sample(_BACKUP_STORAGES, rng.choice((1, 1, 2))):
         ref_created = created + timedelta(seconds=rng.randrange(0, 60))
+        path = _install_path(rng, kind, uuid, bs_uuid)
         refs.append(
-            {
-                "id": next_ref_id,
-                "imageUuid": uuid,
-                "backupStorageUuid": bs_uuid,
-                "installPath": _install_path(rng, kind, uuid, bs_uuid),
-                "status": "Ready",
-                "createDate": ref_created.isoformat(),
-                "lastOpDate": updated.isoformat(),
-            }
+            backup_storage_ref(next_ref_id, uuid, bs_uuid, path, ref_created.isoformat(), updated.isoformat())
         )
         next_ref_id += 1
-    image = {
-        "uuid": uuid,
-        "name": name,
-        "description": f"{guest_os} installation media #{index} (generated for benchmarks)",
-        "state": "Enabled",
-        "status": "Ready",
-        "size": size,
-        "actualSize": size,
-        "md5Sum": _hex(rng, 16),
-        "url": f"http://10.0.0.5/iso/{name}",
-        "mediaType": "ISO",
-        "guestOsType": guest_os,
-        "type": "zstack",
-        "platform": platform,
-        "architecture": "x86_64",
-        "format": "iso",
-        "system": False,
-        "virtio": virtio,
-        "createDate": created.isoformat(),
-        "lastOpDate": updated.isoformat(),
-        "backupStorageRefs": refs,
-    }
+    image = iso_image(
+        uuid,
+        name,
+        f"{guest_os} installation media #{index} (generated for benchmarks)",
+        f"http://10.0.0.5/iso/{name}",
+        size,
+        _hex(rng, 16),
+        guest_os,
+        platform,
+        virtio,
+        created.isoformat(),
+        updated.isoformat(),
+        refs,
+    )
     return image, next_ref_id
 
 
