@@ -149,6 +149,7 @@ def _gateway(
     http_status: int | None = None,
     details: str = "",
     retryable: bool = False,
+    retry_after: float | None = None,
 ) -> GatewayError:
     return GatewayError(
         code=code,
@@ -157,6 +158,7 @@ def _gateway(
         error_code=gateway_error_code(reason, message, details),
         http_status=http_status,
         retryable=retryable,
+        retry_after=retry_after,
     )
 
 
@@ -305,40 +307,37 @@ def invalid_argument(violations: Sequence[tuple[str, str]]) -> GatewayError:
 
 def overloaded(limit: int, waited: float) -> GatewayError:
     """Every upstream slot stayed busy while the call waited for one."""
-    err = _gateway(
+    return _gateway(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         Reason.UPSTREAM_CONCURRENCY_LIMIT,
         f"the gateway is already running {limit} calls to ZStack (--max-upstream-calls) and none "
         f"finished within {waited:.3g} s; try again later",
+        retry_after=1.0,
     )
-    err.retry_after = 1.0
-    return err
 
 
 def identity_overloaded(share: int, total: int, waited: float) -> GatewayError:
     """The calls of the caller's identity held their whole share of upstream slots while the call
     waited for one; other identities' calls are not held up by them."""
-    err = _gateway(
+    return _gateway(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         Reason.UPSTREAM_IDENTITY_LIMIT,
         f"this caller's ZStack identity is already running {share} calls to ZStack, its share of "
         f"the gateway's {total} (--max-upstream-calls-per-identity), and none finished within "
         f"{waited:.3g} s; try again later",
+        retry_after=1.0,
     )
-    err.retry_after = 1.0
-    return err
 
 
 def over_budget(limit: int, held: int) -> GatewayError:
     """An answer whose next bytes would pass the gateway's budget of bytes held for callers."""
-    err = _gateway(
+    return _gateway(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         Reason.GATEWAY_MEMORY_BUDGET,
         f"the gateway already holds {held} bytes of ZStack answers for callers, near its budget of "
         f"{limit} bytes (--max-held-bytes); try again later",
+        retry_after=1.0,
     )
-    err.retry_after = 1.0
-    return err
 
 
 def image_too_large(index: int, size: int, limit: int) -> GatewayError:

@@ -262,6 +262,7 @@ class ImageStream:
         if shared_by is None:
             self._seal()
         else:
+            # Held so that its callback fires when the coalescer lets the shared task go.
             self._shared_by = weakref.ref(shared_by, self._seal)
         self._index = 0  # of the next image to translate
         # A framed image that did not fit in the message before: (index, header, data).

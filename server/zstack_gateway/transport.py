@@ -9,8 +9,9 @@ Timeouts are the callers' business (a call's deadline and a login's own budget d
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -29,41 +30,53 @@ def _version() -> str:
 USER_AGENT = f"zstack-grpc-gateway/{_version()}"
 
 
+# aiohttp's failures, most specific first: what the message says, and whether a retry can do harm
+# (only when nothing of the request can have reached ZStack's logic).
+_FAILURES: tuple[tuple[type[aiohttp.ClientError], Callable[[Any, URL], str], bool], ...] = (
+    (
+        aiohttp.ClientConnectorCertificateError,  # retrying cannot fix a certificate
+        lambda exc, url: (
+            f"TLS verification of {url.host}:{url.port} failed ({exc.certificate_error}); "
+            "check --zstack-ca-file"
+        ),
+        False,
+    ),
+    (
+        aiohttp.ClientConnectorError,
+        lambda exc, url: (
+            f"cannot connect to {url.host}:{url.port}: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        ),
+        True,
+    ),
+    (
+        # Nothing of an answer arrived: ZStack (or an idle pooled connection) closed first.
+        aiohttp.ServerDisconnectedError,
+        lambda exc, url: "ZStack closed the connection before answering",
+        True,
+    ),
+    (aiohttp.ClientPayloadError, lambda exc, url: "the connection broke while reading the answer", False),
+    (
+        aiohttp.ClientResponseError,
+        lambda exc, url: f"ZStack sent a malformed HTTP answer ({exc.message})",
+        False,
+    ),
+    (
+        aiohttp.ClientOSError,
+        lambda exc, url: f"the connection failed: {exc.strerror or type(exc).__name__}",
+        False,
+    ),
+)
+
+
 @contextlib.contextmanager
 def mapped_errors(url: URL, what: str = "") -> Iterator[None]:
     """Run an HTTP exchange with ``url``; its aiohttp failures leave as GatewayErrors whose message
-    starts with ``what`` (when given)."""
+    starts with ``what`` (when given), raised from the original failure."""
     prefix = f"{what}: " if what else ""
     try:
         yield
-    except aiohttp.ClientConnectorCertificateError as exc:
-        # Retrying cannot fix a certificate: fail at once and say what to check.
-        raise errors.unavailable(
-            f"{prefix}TLS verification of {url.host}:{url.port} failed ({exc.certificate_error}); "
-            "check --zstack-ca-file",
-            retryable=False,
-        ) from exc
-    except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
-        raise errors.unavailable(
-            f"{prefix}cannot connect to {url.host}:{url.port}: {reason}", retryable=True
-        ) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        # Nothing of an answer arrived: ZStack (or an idle pooled connection) closed first.
-        raise errors.unavailable(
-            f"{prefix}ZStack closed the connection before answering", retryable=True
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise errors.unavailable(
-            f"{prefix}the connection broke while reading the answer", retryable=False
-        ) from exc
-    except aiohttp.ClientResponseError as exc:
-        raise errors.unavailable(
-            f"{prefix}ZStack sent a malformed HTTP answer ({exc.message})", retryable=False
-        ) from exc
-    except aiohttp.ClientOSError as exc:
-        raise errors.unavailable(
-            f"{prefix}the connection failed: {exc.strerror or type(exc).__name__}", retryable=False
-        ) from exc
     except aiohttp.ClientError as exc:
+        for kind, text, retryable in _FAILURES:
+            if isinstance(exc, kind):
+                raise errors.unavailable(prefix + text(exc, url), retryable=retryable) from exc
         raise errors.unavailable(f"{prefix}HTTP failure ({type(exc).__name__})", retryable=False) from exc
