@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 import grpc
 
 from zstack_gateway import errors, status
+from zstack_gateway.tasks import retrieve
 from zstack_gateway.telemetry import calls
 from zstack_gateway.telemetry.metrics import Metrics
 
@@ -314,12 +315,6 @@ def _record(
 ) -> None:
     if record is not None:
         record.code, record.failure = code, failure
-
-
-def retrieve(task: asyncio.Future[Any]) -> None:
-    """Retrieve a finished task's outcome, so that one nobody waits for is not reported."""
-    if not task.cancelled():
-        task.exception()
 
 
 def already_ended(context: _Context) -> grpc.StatusCode | None:

@@ -14,12 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from zstack_gateway import errors
+from zstack_gateway.tasks import retrieve
 from zstack_gateway.telemetry import calls
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def write_all(context: Any, messages: AsyncIterator[Any], idle_timeout: float) -> None:
@@ -45,7 +41,7 @@ async def write(context: Any, message: Any, idle_timeout: float) -> None:
         pending = asyncio.ensure_future(context.write(message))
         # When this call leaves before the write ends (cancelled, or idle), the write stays pending
         # inside grpc and fails once the call is over: its outcome no longer matters.
-        pending.add_done_callback(_retrieve)
+        pending.add_done_callback(retrieve)
         done, _ = await asyncio.wait((pending,), timeout=idle_timeout)
         if not done:
             raise errors.stream_idle(idle_timeout)

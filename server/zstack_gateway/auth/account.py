@@ -29,6 +29,7 @@ from zstack_gateway.auth.base import CallerAuth, Metadata, digest, refuse_zstack
 from zstack_gateway.errors import GatewayError
 from zstack_gateway.settings import Secret
 from zstack_gateway.settings.policy import ACCOUNT
+from zstack_gateway.tasks import retrieve
 
 log = logging.getLogger("zstack_gateway.credentials")
 
@@ -156,7 +157,7 @@ class AccountLogin:
         task = self._login_task
         if task is None:
             task = asyncio.ensure_future(self._login_and_keep())
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(retrieve)
             self._login_task = task
         return await asyncio.shield(task)
 
@@ -284,8 +285,3 @@ def _copy(err: GatewayError, retry_after: float) -> GatewayError:
         err.http_status,
         retry_after=round(retry_after, 3) if unavailable else None,
     )
-
-
-def _retrieve(task: asyncio.Task[str]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved, so a login nobody waits for any more is not reported
