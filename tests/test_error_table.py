@@ -1,4 +1,4 @@
-"""Every row of the README's error table, produced for real by the simulator's fault injection."""
+"""Every row of the error table (docs/errors.md), produced for real by the simulator's fault injection."""
 
 from __future__ import annotations
 
