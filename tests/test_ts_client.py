@@ -159,10 +159,10 @@ def test_ts_keeps_int64_beyond_2_to_53_exact(example: Path, beyond_double_target
     assert row[3] == f"{BEYOND_DOUBLE / 2**30:.2f}"
 
 
-def test_readme_typescript_example_compiles_and_runs(example: Path, target: str, tmp_path: Path) -> None:
-    """The README's TypeScript snippet, compiled strictly against the package and run as printed
+def test_docs_typescript_example_compiles_and_runs(example: Path, target: str, tmp_path: Path) -> None:
+    """docs/clients.md's TypeScript snippet, compiled strictly against the package and run as printed
     (its target and VM swapped for the test's)."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "clients.md").read_text()
     section = text[text.index("**TypeScript**") :]
     code = section[
         section.index("```ts\n") + len("```ts\n") : section.index("\n```\n", section.index("```ts\n"))
