@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 from pki import HAVE_OPENSSL, make_pki
+from zstack_sim.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPCURL = Path(sys.executable).with_name("grpcurl")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def printed_command(*flags: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
