@@ -221,7 +221,7 @@ def test_a_wrong_password_is_a_clear_error_without_a_login_loop(make_gateway, si
     assert len(logins(sim)) == 1
     assert not iso_requests(sim)
     problem = gw.call(gw.gateway.client.credentials.problem())
-    assert problem is not None and "wrong account name or password" in problem
+    assert problem is not None and "wrong account name or password" in problem.message
 
 
 def test_a_wrong_password_turns_health_not_serving(make_gateway, sim: SimControl):

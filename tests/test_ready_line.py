@@ -68,3 +68,72 @@ def test_the_printed_command_works_with_tls_and_caller_tokens(tmp_path: Path, to
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_ready_line_says_when_zstack_rejects_the_account():
+    """A wrong password: the gateway starts, and its ready line says that ZStack rejected the account
+    and what calls get until it accepts it; the printed command gets exactly that."""
+    env = {"ZSTACK_PASSWORD": "not-the-password"}
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("zstack-gateway")),
+            "--demo",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--shutdown-grace",
+            "1",
+            "--auth-mode",
+            "account",
+            "--zstack-account",
+            "admin",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "ready on 127.0.0.1:" in ready
+        assert "but ZStack rejected the gateway's account 'admin': wrong account name or password" in ready
+        assert "every call fails with UNAUTHENTICATED (ZSTACK_ACCOUNT_REJECTED)" in ready
+        assert "health says NOT_SERVING" in ready
+        assert "not-the-password" not in ready
+        assert proc.stdout.readline().strip() == "try it:"
+        out = run_as_printed(proc.stdout.readline().strip(), env)
+        assert out.returncode != 0
+        assert "Code: Unauthenticated" in out.stderr
+        assert "ZStack rejected the gateway's account 'admin'" in out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_ready_line_says_when_zstack_is_not_ready():
+    closed = free_port()  # nothing listens there
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("zstack-gateway")),
+            "--zstack-url",
+            f"http://127.0.0.1:{closed}",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--shutdown-grace",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        note = "but health says NOT_SERVING until ZStack is ready: "
+        assert f"ZStack at http://127.0.0.1:{closed}, {note}" in ready
+        assert "ZStack is unreachable" in ready
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -167,6 +167,22 @@ def grpcurl_hint(listen: str, config: Config, session: str | None, vm_uuid: str)
     return " ".join(words)
 
 
+def health_note(gateway: app.Gateway) -> str:
+    """What the ready line adds when the first readiness check failed: ZStack's rejection of the
+    gateway's account (every call fails until ZStack accepts it), or why health is NOT_SERVING."""
+    readiness = gateway.readiness
+    if readiness is None or readiness.serving:
+        return ""
+    rejected = readiness.account_rejected
+    if rejected is not None:
+        return (
+            f", but {logs.clean(rejected.message)}; until ZStack accepts the account, every call fails "
+            f"with UNAUTHENTICATED ({rejected.reason}) and health says NOT_SERVING"
+        )
+    problem = logs.clean(readiness.last_problem or "unknown")
+    return f", but health says NOT_SERVING until ZStack is ready: {problem}"
+
+
 async def _run(config: Config) -> None:
     simulator = None
     if config.demo:
@@ -185,8 +201,9 @@ async def _run(config: Config) -> None:
     address = f"{host}:{gateway.port}"
     upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
     worker = f" (worker pid {os.getpid()})" if config.workers > 1 else ""
+    ready = f"zstack-gateway ready on {address}{worker}, ZStack at {upstream}{health_note(gateway)}"
     # One write per line: with --workers, several processes print to the same stdout.
-    sys.stdout.write(f"zstack-gateway ready on {address}{worker}, ZStack at {upstream}\n")
+    sys.stdout.write(ready + "\n")
     sys.stdout.flush()
     if config.demo:
         import zstack_sim

@@ -3,8 +3,9 @@
 A background task asks ``GET /zstack/v1/management-nodes/ready`` every ``interval`` seconds and
 flips the health status (overall and per service) with hysteresis: ``fall`` failed checks in a row
 make it NOT_SERVING, ``rise`` good ones in a row make it SERVING again. A credentials mode that
-cannot authenticate (a wrong account password) also makes it NOT_SERVING. Shutdown stops the task
-before health goes NOT_SERVING for good.
+cannot authenticate (a wrong account password) also makes it NOT_SERVING, and
+:attr:`Readiness.account_rejected` holds ZStack's rejection for the ready line. Shutdown stops the
+task before health goes NOT_SERVING for good.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from zstack_gateway.errors import GatewayError, Reason
 from zstack_gateway.telemetry.metrics import Metrics
 from zstack_gateway.upstream import ZStackClient
 
@@ -42,13 +44,25 @@ class Readiness:
         self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
         self.last_problem: str | None = None
+        #: The last check's credentials failure (ZStack answers, but not for the gateway's account).
+        self.credentials_error: GatewayError | None = None
         self._streak = 0
+
+    @property
+    def account_rejected(self) -> GatewayError | None:
+        """ZStack's rejection of the gateway's own account at the last check (a wrong password), or
+        None: every call fails with UNAUTHENTICATED (ZSTACK_ACCOUNT_REJECTED) while it lasts."""
+        error = self.credentials_error
+        return error if error is not None and error.reason == Reason.ZSTACK_ACCOUNT_REJECTED else None
 
     async def check_once(self) -> str | None:
         """One check: None when ZStack (and the credentials) are fine, else the problem."""
         problem = await self._client.check_ready(self._timeout)
+        self.credentials_error = None
         if problem is None:
-            problem = await self._client.credentials_problem()
+            self.credentials_error = await self._client.credentials_problem()
+            if self.credentials_error is not None:
+                problem = self.credentials_error.message
         return problem
 
     async def start(self) -> None:
@@ -94,6 +108,8 @@ class Readiness:
         if ok != self.serving:
             if ok:
                 log.info("ZStack is ready: health SERVING")
+            elif self.credentials_error is not None:  # ZStack is up, the gateway's credentials are not
+                log.warning("health NOT_SERVING: %s", self.last_problem)
             else:
                 log.warning("ZStack is not ready: health NOT_SERVING (%s)", self.last_problem)
         self.serving = ok

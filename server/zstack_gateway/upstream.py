@@ -171,7 +171,7 @@ class ZStackClient:
             return exc.message
         return None
 
-    async def credentials_problem(self) -> str | None:
+    async def credentials_problem(self) -> errors.GatewayError | None:
         """Why the credentials mode cannot authenticate right now (e.g. a rejected account), or None."""
         problem = getattr(self._credentials, "problem", None)
         return await problem() if problem is not None else None

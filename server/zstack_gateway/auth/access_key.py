@@ -81,7 +81,7 @@ class AccessKeySigner:
     async def refresh_after_invalid_session(self, caller: CallerAuth, error: GatewayError) -> bool:
         return False  # every request is signed afresh; there is no session to renew
 
-    async def problem(self) -> str | None:
+    async def problem(self) -> GatewayError | None:
         return None  # a wrong key shows on the first call (UNAUTHENTICATED, ZStack ID.1000)
 
     async def close(self) -> None:

@@ -119,14 +119,17 @@ class AccountLogin:
         await self._current_session()  # a login error goes to the caller instead of ZStack's ID.1001
         return True
 
-    async def problem(self) -> str | None:
+    async def problem(self) -> GatewayError | None:
         try:
             async with asyncio.timeout(self._login_timeout):
                 await self._current_session()
         except GatewayError as exc:
-            return exc.message
+            return exc
         except TimeoutError:
-            return f"logging in to ZStack as account {self._account!r} took over {self._login_timeout:g} s"
+            return errors.unavailable(
+                f"logging in to ZStack as account {self._account!r} took over {self._login_timeout:g} s",
+                retryable=False,
+            )
         return None
 
     async def close(self) -> None:

@@ -67,9 +67,10 @@ class Credentials(Protocol):
         call should be tried once more."""
         ...
 
-    async def problem(self) -> str | None:
-        """Why this mode cannot authenticate right now (e.g. ZStack rejected the account), or None.
-        May talk to ZStack (account mode logs in when it holds no session); never raises."""
+    async def problem(self) -> GatewayError | None:
+        """Why this mode cannot authenticate right now (e.g. ZStack rejected the account: its
+        ``reason`` is ``ZSTACK_ACCOUNT_REJECTED``), as the error a call would get, or None. May talk
+        to ZStack (account mode logs in when it holds no session); never raises."""
         ...
 
     async def close(self) -> None:

@@ -57,7 +57,7 @@ class PassThrough:
     async def refresh_after_invalid_session(self, caller: CallerAuth, error: GatewayError) -> bool:
         return False  # the caller owns the session; only the caller can get a new one
 
-    async def problem(self) -> str | None:
+    async def problem(self) -> GatewayError | None:
         return None  # each caller brings its own session
 
     async def close(self) -> None:
