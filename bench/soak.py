@@ -73,13 +73,13 @@ from zstack_gateway import app, cli
 
 _serve = getattr(app, "serve_until_signal", None)
 if _serve is not None:
-    async def _observed(gateway):
+    async def _observed(gateway, *args):
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(
             signal.SIGUSR1,
             lambda: print(f"soak-tasks {len(asyncio.all_tasks(loop))}", file=sys.stderr, flush=True),
         )
-        await _serve(gateway)
+        await _serve(gateway, *args)
 
     app.serve_until_signal = _observed
 sys.exit(cli.main(sys.argv[1:]))

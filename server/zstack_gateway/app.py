@@ -213,31 +213,62 @@ async def running(config: Config) -> AsyncIterator[Gateway]:
         await gateway.stop()
 
 
-async def serve_until_signal(gateway: Gateway) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cuts the grace."""
-    loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    signals_seen = 0
+class ShutdownSignals:
+    """SIGTERM and SIGINT as a stop request; a second one cuts the grace period short.
 
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info(
-                "%s received: shutting down (grace %.1f s)",
-                signal.Signals(signum).name,
-                gateway.config.shutdown_grace,
-            )
-            stop_requested.set()
-        else:
-            log.warning("second signal: stopping now")
+    Installed before anything starts (:meth:`install`), a signal during start-up (a Ctrl-C right
+    after ``make run``) is a stop request like any other, carried out once the gateway is up,
+    instead of a KeyboardInterrupt that leaves the server and its ZStack client open."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, grace: float) -> None:
+        self.requested = asyncio.Event()
+        self._grace = grace
+        self._seen = 0
+        self._gateway: Gateway | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for signum in self._SIGNALS:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def remove(self) -> None:
+        if self._loop is not None:
+            for signum in self._SIGNALS:
+                self._loop.remove_signal_handler(signum)
+            self._loop = None
+
+    def attach(self, gateway: Gateway) -> None:
+        """The gateway a second signal hurries (at once, if it came already)."""
+        self._gateway = gateway
+        if self._seen > 1:
             gateway.hurry()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def _on_signal(self, signum: int) -> None:
+        self._seen += 1
+        if self._seen == 1:
+            name = signal.Signals(signum).name
+            log.info("%s received: shutting down (grace %.1f s)", name, self._grace)
+            self.requested.set()
+        else:
+            log.warning("second signal: stopping now")
+            if self._gateway is not None:
+                self._gateway.hurry()
+
+
+async def serve_until_signal(gateway: Gateway, signals: ShutdownSignals | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cuts the grace.
+    ``signals``: handlers installed earlier (they stay installed); by default its own."""
+    own = signals is None
+    if signals is None:
+        signals = ShutdownSignals(gateway.config.shutdown_grace)
+        signals.install()
+    signals.attach(gateway)
     try:
-        await stop_requested.wait()
+        await signals.requested.wait()
         await gateway.stop()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        if own:
+            signals.remove()

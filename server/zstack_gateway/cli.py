@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from zstack_gateway import app, workers
 from zstack_gateway.settings import Config, ConfigError, Secret
-from zstack_gateway.telemetry import logs
+from zstack_gateway.telemetry import core_logs, logs
 
 log = logging.getLogger("zstack_gateway")
 
@@ -184,6 +184,16 @@ def health_note(gateway: app.Gateway) -> str:
 
 
 async def _run(config: Config) -> None:
+    # Signals first: a Ctrl-C during start-up stops the gateway once it is up, cleanly.
+    signals = app.ShutdownSignals(config.shutdown_grace)
+    signals.install()
+    try:
+        await _start_and_serve(config, signals)
+    finally:
+        signals.remove()
+
+
+async def _start_and_serve(config: Config, signals: app.ShutdownSignals) -> None:
     simulator = None
     if config.demo:
         import zstack_sim
@@ -197,6 +207,17 @@ async def _run(config: Config) -> None:
         if simulator is not None:
             await simulator.stop()
         raise
+    try:
+        if not signals.requested.is_set():  # a signal during start-up: no ready line, just the stop
+            _print_ready(config, gateway)
+        await app.serve_until_signal(gateway, signals)
+    finally:
+        if simulator is not None:
+            await simulator.stop()
+    log.info("stopped")
+
+
+def _print_ready(config: Config, gateway: app.Gateway) -> None:
     host = config.listen.rpartition(":")[0]
     address = f"{host}:{gateway.port}"
     upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
@@ -213,12 +234,6 @@ async def _run(config: Config) -> None:
         print("  " + grpcurl_hint(address, config, session, zstack_sim.DEMO_VM_UUID), flush=True)
         missing = grpcurl_hint(address, config, session, zstack_sim.DEMO_MISSING_VM_UUID)
         print(f"  {missing}   # a NOT_FOUND error", flush=True)
-    try:
-        await app.serve_until_signal(gateway)
-    finally:
-        if simulator is not None:
-            await simulator.stop()
-    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,21 +254,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     logs.setup(config.log_level, config.log_format)
-    if config.workers > 1:
-        return workers.run(config, _serve)
-    return _serve(config)
+    pump = None
+    if config.log_format == "json":
+        # grpc core's own lines (TLS handshake failures, GRPC_TRACE) as JSON too; before any grpc
+        # thread exists, since the pump is a fork of this process.
+        pump = core_logs.start()
+    code = workers.run(config, _serve) if config.workers > 1 else _serve(config)
+    if pump is not None:
+        pump.exit(code)
+    return code
 
 
 def _serve(config: Config) -> int:
     try:
         asyncio.run(_run(config))
     except ConfigError as exc:  # a setting that could not work only at start, e.g. a port in use
-        print(f"zstack-gateway: {exc}", file=sys.stderr)
+        _start_failed(config, str(exc))
         return 2
     except OSError as exc:
-        print(f"zstack-gateway: {exc.strerror or exc}", file=sys.stderr)
+        _start_failed(config, str(exc.strerror or exc))
         return 1
     return 0
+
+
+def _start_failed(config: Config, message: str) -> None:
+    """One line on stderr: a log record in JSON format (where every stderr line is JSON), else
+    ``zstack-gateway: MESSAGE``."""
+    if config.log_format == "json":
+        log.error("cannot start: %s", message)
+    else:
+        print(f"zstack-gateway: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
