@@ -755,7 +755,7 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     )
     (tmp_path / "demo.json").write_text(dumped.stdout, encoding="utf-8")
     with start_simulator(tmp_path, "--data", str(tmp_path / "demo.json")) as proc:
-        assert proc.output().strip() == f"zstack-sim listening on {proc.address}"
+        assert proc.output().splitlines()[0] == f"zstack-sim listening on {proc.address}"
         images = Client(proc.address).iso().json()["inventories"]
         assert [i["uuid"] for i in images] == list(DEMO_IMAGE_UUIDS)
         assert images[1]["createDate"] == "Jul 22, 2022 11:54:07 AM"

@@ -11,11 +11,14 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from zstack_gateway import app, workers
 from zstack_gateway.settings import Config, ConfigError, Secret
 from zstack_gateway.telemetry import core_logs, logs
+
+if TYPE_CHECKING:
+    import zstack_sim
 
 log = logging.getLogger("zstack_gateway")
 
@@ -39,6 +42,7 @@ def _env_name(flag: str) -> str:
 
 EXAMPLES = """examples:
   zstack-gateway --demo                                   # the embedded simulator, 127.0.0.1:50051
+                                                          # (its data: zstack-sim --print-table)
   zstack-gateway --zstack-url http://mn:8080              # pass-through: callers send their session
   ZSTACK_PASSWORD=... zstack-gateway --zstack-url http://mn:8080 \\
       --auth-mode account --zstack-account admin --caller-tokens-file tokens
@@ -209,7 +213,7 @@ async def _start_and_serve(config: Config, signals: app.ShutdownSignals) -> None
         raise
     try:
         if not signals.requested.is_set():  # a signal during start-up: no ready line, just the stop
-            _print_ready(config, gateway)
+            _print_ready(config, gateway, simulator)
         await app.serve_until_signal(gateway, signals)
     finally:
         if simulator is not None:
@@ -217,7 +221,7 @@ async def _start_and_serve(config: Config, signals: app.ShutdownSignals) -> None
     log.info("stopped")
 
 
-def _print_ready(config: Config, gateway: app.Gateway) -> None:
+def _print_ready(config: Config, gateway: app.Gateway, simulator: zstack_sim.Simulator | None) -> None:
     host = config.listen.rpartition(":")[0]
     address = f"{host}:{gateway.port}"
     upstream = f"{config.zstack_url} (embedded simulator)" if config.demo else config.zstack_url
@@ -234,6 +238,12 @@ def _print_ready(config: Config, gateway: app.Gateway) -> None:
         print("  " + grpcurl_hint(address, config, session, zstack_sim.DEMO_VM_UUID), flush=True)
         missing = grpcurl_hint(address, config, session, zstack_sim.DEMO_MISSING_VM_UUID)
         print(f"  {missing}   # a NOT_FOUND error", flush=True)
+    if simulator is not None:
+        from zstack_sim import table
+
+        state = simulator.state
+        data_table = table.render(state.data, state.tz, missing_vm=zstack_sim.DEMO_MISSING_VM_UUID)
+        print(f"{table.TITLE}\n{data_table}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

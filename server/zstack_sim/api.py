@@ -278,7 +278,7 @@ class ZStackApi:
     def _answer_iso(self, call: Call) -> Reply:
         vm = call.vm
         assert vm is not None
-        uuids = tuple(vm.candidates) if vm.state in ("Running", "Stopped") else ()
+        uuids = vm.listed_candidates()
         body = self.state.inventories_body(uuids)
         if "X-JSON-Schema" in call.incoming.headers:
             schema = json.dumps(_iso_schema(self.state, uuids), separators=(",", ":")).encode()

@@ -9,8 +9,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from zstack_sim import table
 from zstack_sim.data import DataError, SimData, load_data
-from zstack_sim.demo import demo_data
+from zstack_sim.demo import DEMO_MISSING_VM_UUID, demo_data
 from zstack_sim.generate import generate
 from zstack_sim.server import Simulator
 from zstack_sim.zones import resolve_tz
@@ -32,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zstack-sim",
         description="A simulated ZStack management node (GetCandidateIsoForAttachingVm, login, sessions), "
-        "with a control plane under /_sim for tests and benchmarks.",
+        "with a control plane under /_sim for tests and benchmarks. At start it prints, after its "
+        "ready line, the table of its data: the account's name and password, the AccessKey id and "
+        "secret, the sessions (valid or expired), and each VM uuid with what GetCandidateIso answers "
+        "for it (images, an empty list, NOT_FOUND); --print-table prints it alone.",
     )
     p.add_argument(
         "--listen",
@@ -72,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="compare AccessKey Date instants instead of wall clocks (rest.checkTimeZone=true)",
     )
     p.add_argument("--dump-data", action="store_true", help="print the data as a data file and exit")
+    p.add_argument(
+        "--print-table",
+        action="store_true",
+        help="print the table of the data (accounts, access keys, sessions, VMs and what each "
+        "answers) and exit",
+    )
     return p
 
 
@@ -83,14 +93,15 @@ def _load(args: argparse.Namespace) -> SimData:
     return demo_data()
 
 
-async def _serve(sim: Simulator) -> None:
+async def _serve(sim: Simulator, data_table: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await sim.start()
     host = f"[{sim.host}]" if ":" in sim.host else sim.host
-    print(f"zstack-sim listening on http://{host}:{sim.port}", flush=True)
+    # One write: whoever waits for the ready line finds the table with it.
+    print(f"zstack-sim listening on http://{host}:{sim.port}\n{table.TITLE}\n{data_table}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -108,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dump_data:
         print(json.dumps(data.to_json(tz), ensure_ascii=False, indent=2))
         return 0
+    data_table = table.render(data, tz, missing_vm=DEMO_MISSING_VM_UUID, latency_ms=args.latency_ms)
+    if args.print_table:
+        print(data_table)
+        return 0
     host, port = args.listen
     sim = Simulator(
         data,
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_time_zone=args.check_time_zone,
     )
     try:
-        asyncio.run(_serve(sim))
+        asyncio.run(_serve(sim, data_table))
     except OSError as exc:
         print(f"zstack-sim: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ omitted::
                                                                     // expired or logged out); else a date
       "vms":        [{"uuid": "<32 hex>", "name": "vm1", "state": "Running",
                       "architecture": "x86_64",                     // optional, informational
+                      "note": "what this VM is for",                // optional, shown in the table
                       "candidates": ["<image uuid>", ...]}],        // reply order for iso-candidates
       "images":     [ImageInventory, ...]
     }
@@ -137,6 +138,10 @@ class Session:
             self.user_uuid = self.account_uuid
 
 
+#: The VM states in which ZStack lists a VM's ISO candidates; in any other it answers an empty list.
+LISTING_STATES = ("Running", "Stopped")
+
+
 @dataclass
 class Vm:
     uuid: str
@@ -144,6 +149,12 @@ class Vm:
     state: str
     candidates: list[str] = field(default_factory=list)
     architecture: str = "x86_64"
+    #: What the VM is for, in a word: ``zstack-sim --print-table`` shows it (see zstack_sim.table).
+    note: str = ""
+
+    def listed_candidates(self) -> tuple[str, ...]:
+        """The image uuids an iso-candidates call lists, in order (none unless Running or Stopped)."""
+        return tuple(self.candidates) if self.state in LISTING_STATES else ()
 
 
 @dataclass
@@ -216,6 +227,7 @@ class SimData:
                     "name": v.name,
                     "state": v.state,
                     "architecture": v.architecture,
+                    **({"note": v.note} if v.note else {}),
                     "candidates": list(v.candidates),
                 }
                 for v in self.vms.values()
@@ -334,12 +346,14 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
             raise DataError(f"{where}: 'candidates' must be a list of image uuids")
         arch = v.get("architecture", "x86_64")
+        note = v.get("note", "")
         vm = Vm(
             uuid=_req_str(v, "uuid", where),
             name=str(v.get("name", "")),
             state=_req_str(v, "state", where),
             candidates=list(candidates),
             architecture=arch if isinstance(arch, str) else "x86_64",
+            note=note if isinstance(note, str) else "",
         )
         data.vms[vm.uuid] = vm
     data.validate()

@@ -248,9 +248,21 @@ def demo_data() -> SimData:
     for image in _demo_images():
         data.images[image["uuid"]] = image
     vms = [
-        Vm(DEMO_VM_UUID, "demo-vm-running", "Running", list(DEMO_IMAGE_UUIDS)),
+        Vm(
+            DEMO_VM_UUID,
+            "demo-vm-running",
+            "Running",
+            list(DEMO_IMAGE_UUIDS),
+            note="the API page's example image, then four full ISOs (a Chinese name, a URL with ?a=b&c=d)",
+        ),
         Vm(DEMO_STOPPED_VM_UUID, "demo-vm-stopped", "Stopped", [_CENTOS]),
-        Vm(DEMO_STARTING_VM_UUID, "demo-vm-starting", "Starting", [_CENTOS, _UBUNTU]),
+        Vm(
+            DEMO_STARTING_VM_UUID,
+            "demo-vm-starting",
+            "Starting",
+            [_CENTOS, _UBUNTU],
+            note="has candidates, but ZStack lists none while the VM is starting",
+        ),
         Vm(DEMO_EMPTY_VM_UUID, "demo-vm-no-iso", "Running", []),
     ]
     for vm in vms:

@@ -103,7 +103,12 @@ class Config:
         "drive the health status; 0 turns them off (health then says SERVING while running)",
         "S",
     )
-    demo: bool = setting(False, "start the embedded ZStack simulator with demo data and use it")
+    demo: bool = setting(
+        False,
+        "start the embedded ZStack simulator with demo data and use it; the ready output lists the "
+        "data (sessions, VM uuids and what each answers, the account's password, the AccessKey), "
+        "as does 'zstack-sim --print-table'",
+    )
     workers: int = setting(
         1,
         "processes serving the same port (SO_REUSEPORT), for hosts with more cores; with metrics on, "
