@@ -2,8 +2,9 @@
 
 grpc's C core writes its log lines (``I1201 12:00:00.000000  1234 ssl_transport_security.cc:1659]
 Handshake failed ...``, and every tracer's output under ``GRPC_TRACE``) straight to file descriptor
-2, past Python's logging. :func:`start` puts a pipe in place of fd 2 and forks a **pump process**
-that owns the pipe's read end and writes each line to the real stderr: a line that is already one
+2, past Python's logging. :func:`start` puts a pipe in place of fd 2 and starts a **pump process**
+(this file run by a bare interpreter, ``python -I -S``: the standard library and ``logs.py``, about
+10 MB) that owns the pipe's read end and writes each line to the real stderr: a line that is already one
 JSON object (the gateway's own records) as it is, any other line as a JSON object of its own
 (:func:`to_json`: grpc core's lines with their level, source ``file:line`` and the logger
 ``grpc.core``; anything else with the logger ``stderr``).
@@ -12,9 +13,9 @@ Why a process and not a thread: a thread reading the pipe needs the GIL, and C c
 GIL may block writing to the full pipe (``GRPC_TRACE=all``): a deadlock. The pump has an
 interpreter of its own, so the gateway's writes only ever wait for the pump to read.
 
-The pump is forked before grpc starts any thread (like ``--workers``), ignores SIGINT and SIGTERM
-(a Ctrl-C reaches the whole process group: the gateway drains, the pump keeps writing its lines)
-and ends when the last writer closes the pipe. At exit (:meth:`Pump.exit`) the gateway hands fd 2
+The pump starts before grpc starts any thread, ignores SIGINT and SIGTERM (a Ctrl-C reaches the
+whole process group: the gateway drains, the pump keeps writing its lines) and ends when the last
+writer closes the pipe (the gateway and its ``--workers``). At exit (:meth:`Pump.exit`) the gateway hands fd 2
 back to the real stderr and waits for the pump, so every line is written before the gateway's exit
 status is seen.
 """
@@ -29,11 +30,21 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
-import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from zstack_gateway.telemetry.logs import LINE_BYTES, clean
+if TYPE_CHECKING or __name__ != "__main__":
+    from zstack_gateway.telemetry.logs import LINE_BYTES, clean
+else:  # the pump (see start): no package on the path, logs.py (standard library only) from beside this file
+    import importlib.util
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location("_gateway_logs", Path(__file__).with_name("logs.py"))
+    assert _spec is not None and _spec.loader is not None
+    _logs = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_logs)
+    LINE_BYTES, clean = _logs.LINE_BYTES, _logs.clean
 
 __all__ = ["Pump", "start", "to_json"]
 
@@ -169,10 +180,10 @@ def _pump(read_fd: int, out_fd: int) -> None:
 
 
 class Pump:
-    """The running pump: its pid and the real stderr's descriptor (see :func:`start`)."""
+    """The running pump (see :func:`start`)."""
 
-    def __init__(self, pid: int, real_stderr: int) -> None:
-        self.pid = pid
+    def __init__(self, process: subprocess.Popen[bytes], real_stderr: int) -> None:
+        self.process = process
         self.real_stderr = real_stderr
         self.done = False
 
@@ -197,44 +208,39 @@ class Pump:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         os.dup2(self.real_stderr, 2)
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid != 0 or time.monotonic() >= end:
-                return
-            time.sleep(0.01)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
 
 
 def start() -> Pump:
-    """Fork the pump and put the write end of its pipe in place of fd 2; at exit, :meth:`Pump.finish`.
+    """Start the pump and put the write end of its pipe in place of fd 2; at exit,
+    :meth:`Pump.exit` (or, for an exit that does not pass there, :meth:`Pump.finish` at exit).
 
-    Call it before grpc starts any thread (the pump is a fork of this process)."""
+    Call it before grpc starts any thread: a fork with threads running may deadlock."""
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     read_fd, write_fd = os.pipe()
     real_stderr = os.dup(2)
-    os.set_inheritable(real_stderr, False)
-    pid = os.fork()
-    if pid == 0:  # the pump
-        code = 0
-        try:
-            os.close(write_fd)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1):  # hold no reader's or writer's end open but stderr's
-                os.dup2(null, fd)
-            _pump(read_fd, 2)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(read_fd)
+    # SIG_IGN survives exec (and Popen resets only SIGPIPE and SIGXFSZ): the pump ignores both from
+    # its first instruction, so a Ctrl-C at the wrong moment cannot take the gateway's stderr away.
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter and this file, no shell
+            [sys.executable, "-I", "-S", __file__],
+            stdin=read_fd,
+            stdout=real_stderr,
+            stderr=real_stderr,
+        )
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        os.close(read_fd)
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    pump = Pump(pid, real_stderr)
+    pump = Pump(process, real_stderr)
     atexit.register(pump.finish)
     return pump
+
+
+if __name__ == "__main__":
+    _pump(0, 1)
