@@ -128,6 +128,8 @@ def test_the_demo_table_is_what_the_gateway_answers():
         [[session, _, state]] = table["sessions"]
         assert state.startswith("valid")
         check_sessions(address, table, zstack_sim.DEMO_VM_UUID)
+        other = call(address, zstack_sim.DEMO_VM_UUID, "0123456789abcdef0123456789abcdef")[0]
+        assert other == grpc.StatusCode.UNAUTHENTICATED  # "any other uuid", as the header says
         check_vms(address, table, session)
         shown = [row[0] for row in table["VMs"]]
         # every VM of the demo data, and the NOT_FOUND example

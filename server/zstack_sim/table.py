@@ -82,7 +82,7 @@ def render(
             [(k.id, k.secret, f"account {names[k.account_uuid]}") for k in data.access_keys.values()]
         )
     if data.sessions:
-        out.append("sessions (authorization: OAuth <uuid>):")
+        out.append("sessions (authorization: OAuth <uuid>; any other uuid: UNAUTHENTICATED, ZStack ID.1001):")
         out += _columns(
             [
                 (s.uuid, f"account {names[s.account_uuid]}", _session_state(s.expires_at, now, tz))
