@@ -266,8 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(config.log_level, config.log_format)
     pump = None
     if config.log_format == "json":
-        # grpc core's own lines (TLS handshake failures, GRPC_TRACE) as JSON too; before any grpc
-        # thread exists, since the pump is a fork of this process.
+        # grpc core's own lines (TLS handshake failures, GRPC_TRACE) as JSON too. Started before
+        # any grpc thread exists: starting a process forks this one, as --workers does.
         pump = core_logs.start()
     code = workers.run(config, _serve) if config.workers > 1 else _serve(config)
     if pump is not None:
