@@ -14,7 +14,10 @@ omitted::
                                                                     // expired or logged out); else a date
       "vms":        [{"uuid": "<32 hex>", "name": "vm1", "state": "Running",
                       "architecture": "x86_64",                     // optional, informational
-                      "candidates": ["<image uuid>", ...]}],        // reply order for iso-candidates
+                      "candidates": ["<image uuid>", ...],         // reply order for iso-candidates
+                      "cdRoms": [{"uuid": "<32 hex>", "deviceId": 0,   // optional; default: one
+                                  "isoUuid": "<image uuid>",       // empty CD-ROM (ZStack's
+                                  "isoInstallPath": "...", "protocol": "..."}]}],  // vm.vmDefaultCdRomNum)
       "images":     [ImageInventory, ...]
     }
 
@@ -29,6 +32,8 @@ omitted::
   ``id`` (real servers send the DB id).
 * Dates in ``sessions`` use the same date forms.
 * Every image a VM lists in ``candidates`` must exist in ``images``.
+* The candidate VMs of an ISO (``GetCandidateVmForAttachingIso``) are the Running and Stopped VMs that
+  list it in ``candidates``, in data order (a simplification of ZStack's storage-based rule).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "REF_FIELDS",
     "AccessKey",
     "Account",
+    "CdRom",
     "DataError",
     "Session",
     "SimData",
@@ -138,12 +144,45 @@ class Session:
 
 
 @dataclass
+class CdRom:
+    """One CD-ROM of a VM (``VmCdRomVO``). Times are epoch seconds on the simulator's clock."""
+
+    uuid: str
+    device_id: int
+    iso_uuid: str | None = None
+    iso_install_path: str | None = None
+    protocol: str | None = None
+    last_op_at: float | None = None
+
+
+def default_cd_rom(vm_uuid: str) -> CdRom:
+    """The CD-ROM ZStack gives a new VM (``vm.vmDefaultCdRomNum`` = 1), its uuid derived from the VM's."""
+    return CdRom(derived_uuid(vm_uuid, "cdrom-0"), 0)
+
+
+def derived_uuid(base: str, kind: str) -> str:
+    """A stable 32-hex uuid for a resource of ``base`` that the data does not name (NIC, volume ...)."""
+    return hashlib.md5(f"{base}/{kind}".encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass
 class Vm:
     uuid: str
     name: str
     state: str
     candidates: list[str] = field(default_factory=list)
     architecture: str = "x86_64"
+    #: None: the default CD-ROM.
+    cd_roms: list[CdRom] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cd_roms is None:
+            self.cd_roms = [default_cd_rom(self.uuid)]
+
+    @property
+    def drives(self) -> list[CdRom]:
+        """The CD-ROMs, by device id."""
+        return sorted(self.cd_roms or (), key=lambda c: c.device_id)
 
 
 @dataclass
@@ -217,6 +256,16 @@ class SimData:
                     "state": v.state,
                     "architecture": v.architecture,
                     "candidates": list(v.candidates),
+                    "cdRoms": [
+                        {
+                            "uuid": c.uuid,
+                            "deviceId": c.device_id,
+                            "isoUuid": c.iso_uuid,
+                            "isoInstallPath": c.iso_install_path,
+                            "protocol": c.protocol,
+                        }
+                        for c in v.drives
+                    ],
                 }
                 for v in self.vms.values()
             ],
@@ -340,10 +389,43 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
             state=_req_str(v, "state", where),
             candidates=list(candidates),
             architecture=arch if isinstance(arch, str) else "x86_64",
+            cd_roms=_cd_roms(v, where),
         )
         data.vms[vm.uuid] = vm
     data.validate()
     return data
+
+
+def _cd_roms(vm: dict[str, Any], where: str) -> list[CdRom] | None:
+    if "cdRoms" not in vm:
+        return None
+    entries = vm["cdRoms"]
+    if not isinstance(entries, list):
+        raise DataError(f"{where}: 'cdRoms' must be a list")
+    out: list[CdRom] = []
+    for j, c in enumerate(entries):
+        here = f"{where}.cdRoms[{j}]"
+        if not isinstance(c, dict):
+            raise DataError(f"{here} must be an object")
+        device = c.get("deviceId", j)
+        if isinstance(device, bool) or not isinstance(device, int):
+            raise DataError(f"{here}: 'deviceId' must be an integer")
+        optional = {}
+        for key in ("isoUuid", "isoInstallPath", "protocol"):
+            value = c.get(key)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{here}: '{key}' must be a string or null")
+            optional[key] = value
+        out.append(
+            CdRom(
+                _req_str(c, "uuid", here),
+                device,
+                optional["isoUuid"],
+                optional["isoInstallPath"],
+                optional["protocol"],
+            )
+        )
+    return out
 
 
 def load_data(path: str | Path, *, tz: tzinfo | str = "Asia/Shanghai") -> SimData:
