@@ -162,7 +162,7 @@ async def run(
                     record.job_uuid = job
         await accepted(job)
         try:
-            return await _poll(client, job, caller, waiting, budget)
+            return await _poll(client, job, caller, waiting, budget, mutation.api_path)
         except errors.GatewayError as exc:
             # A job that failed at the session check ran nothing, so a second job is safe.
             if (
@@ -177,7 +177,7 @@ async def run(
 
 
 async def _poll(
-    client: ZStackClient, job: str, caller: CallerAuth, waiting: Deadline, budget: float
+    client: ZStackClient, job: str, caller: CallerAuth, waiting: Deadline, budget: float, api_path: str
 ) -> Reply:
     """Poll ``job`` until it is done or ``waiting`` runs out; back off between polls."""
     pause = FIRST_POLL
@@ -190,7 +190,7 @@ async def _poll(
         if waiting.remaining() <= 0:
             continue
         try:
-            reply = await client.poll_job(job, caller, waiting)
+            reply = await client.poll_job(job, caller, waiting, api_path)
         except errors.GatewayError as exc:
             # A poll is a GET: a transport failure or a timed-out poll is tried again while there is
             # time; what ZStack says about the job (503, 404) is its outcome.

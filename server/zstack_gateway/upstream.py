@@ -236,16 +236,22 @@ class ZStackClient:
 
         return await self._retry.run(attempt, deadline)
 
-    async def poll_job(self, job_uuid: str, caller: CallerAuth, deadline: Deadline) -> Reply:
+    async def poll_job(
+        self, job_uuid: str, caller: CallerAuth, deadline: Deadline, api_path: str = ""
+    ) -> Reply:
         """``GET /zstack/v1/api-jobs/{uuid}`` on the configured ZStack (never the host a 202's
         ``location`` names): a 200 (the job's result) or a 202 (still running) reply. A 503 (the job
-        failed) or a 404 (the job is unknown or purged) is raised as its GatewayError."""
-        api_path = f"/v1/api-jobs/{quote(job_uuid, safe='')}"
-        url = self.url_for(api_path, [])
+        failed) or a 404 (the job is unknown or purged) is raised as its GatewayError. ``api_path``:
+        the job's API, whose metric label (``<label> job``) the polls are counted under."""
+        label = f"{api_label(api_path)} job" if api_path else None
+        poll_path = f"/v1/api-jobs/{quote(job_uuid, safe='')}"
+        url = self.url_for(poll_path, [])
 
         async def attempt() -> Reply:
-            headers = await self._credentials.headers(caller, "GET", api_path)
-            return await self._limited(api_path, url, headers, deadline, caller.identity, ok=(200, 202))
+            headers = await self._credentials.headers(caller, "GET", poll_path)
+            return await self._limited(
+                poll_path, url, headers, deadline, caller.identity, ok=(200, 202), label=label
+            )
 
         return await self._retry.run(attempt, deadline)
 
@@ -281,6 +287,7 @@ class ZStackClient:
         data: bytes | None = None,
         ok: tuple[int, ...] = (200,),
         api_timeout: bool = False,
+        label: str | None = None,
     ) -> Reply:
         """The request once the call holds a slot of its identity's share (when shares are on) and
         a global slot. Whatever ends the call (an answer, an error, a timeout, a cancellation at any
@@ -310,7 +317,15 @@ class ZStackClient:
                     ) from None
                 raise errors.overloaded(self._max_concurrent, wait) from None
             return await self._request(
-                api_path, url, headers, deadline, method=method, data=data, ok=ok, api_timeout=api_timeout
+                api_path,
+                url,
+                headers,
+                deadline,
+                method=method,
+                data=data,
+                ok=ok,
+                api_timeout=api_timeout,
+                label=label,
             )
         finally:
             # No await in here: nothing can interrupt the bookkeeping.
@@ -334,6 +349,7 @@ class ZStackClient:
         data: bytes | None = None,
         ok: tuple[int, ...] = (200,),
         api_timeout: bool = True,
+        label: str | None = None,
     ) -> Reply:
         """One HTTP request; its outcome is recorded on the call (telemetry.calls) whatever it is.
         A status outside ``ok`` is raised as the GatewayError errors.py classifies."""
@@ -352,16 +368,23 @@ class ZStackClient:
                     # Reading a large error body costs milliseconds per MB: off the event loop, so
                     # that other calls are not held up meanwhile.
                     error = await asyncio.to_thread(
-                        errors.from_http_response, status, body, deadline_sent=deadline.from_caller
+                        errors.from_http_response,
+                        status,
+                        body,
+                        deadline_sent=deadline.from_caller and api_timeout,
                     )
                 else:
-                    error = errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
+                    error = errors.from_http_response(
+                        status, body, deadline_sent=deadline.from_caller and api_timeout
+                    )
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
             if metrics is not None:
                 metrics.upstream_in_flight.dec()
-            calls.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
+            calls.record_upstream(
+                label or api_label(api_path), status, zstack_code, time.monotonic() - started
+            )
         return reply
 
     async def _send(
