@@ -344,13 +344,14 @@ def job_still_running(job_uuid: str, budget: float, *, caller_deadline: bool, ac
     whose = "the call's deadline" if caller_deadline else "the gateway's default timeout"
     if accepted:
         text = (
-            f"ZStack job {job_uuid} was still running when {whose} ({budget:.3g} s) passed; it goes on "
-            "inside ZStack: repeat the call with the same request_id to get its result"
+            f"ZStack job {job_uuid} is still running; the gateway stopped waiting after {budget:.3g} s, "
+            f"within {whose}. The job goes on inside ZStack: repeat the call with the same request_id "
+            "to get its result"
         )
     else:
         text = (
-            f"ZStack did not confirm job {job_uuid} within {whose} ({budget:.3g} s); it may run: "
-            "repeat the call with the same request_id to find out"
+            f"ZStack did not confirm job {job_uuid} within {whose} (the gateway waited {budget:.3g} s); "
+            "it may run: repeat the call with the same request_id to find out"
         )
     err = _gateway(grpc.StatusCode.DEADLINE_EXCEEDED, Reason.ZSTACK_JOB_STILL_RUNNING, text)
     err.info_metadata = {"jobUuid": job_uuid}

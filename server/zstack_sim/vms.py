@@ -53,6 +53,7 @@ def render_cd_rom(vm_uuid: str, cd: CdRom, date: DateFormat) -> dict[str, Any]:
 def render_vm(vm: Vm, date: DateFormat, root_image_uuid: str | None = None) -> dict[str, Any]:
     """``VmInstanceInventory`` of ``vm``; ``date`` writes an epoch time as ZStack's JSON does."""
     uuid = vm.uuid
+    root_image_uuid = root_image_uuid or derived_uuid(uuid, "image")
     running = vm.state in ("Running", "Paused", "Stopping", "Migrating", "Rebooting")
     nic_uuid = derived_uuid(uuid, "nic-0")
     used_ip_uuid = derived_uuid(uuid, "ip-0")
