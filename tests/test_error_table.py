@@ -347,8 +347,8 @@ def test_iso_workflow_errors_reach_the_caller_with_zstacks_error_code(
         assert d.error_code.cause.code == "VM.1010"  # SYS.1006 is classified by its cause
 
 
-# Job outcomes the simulator cannot reach by itself (its one account is an admin; nothing deletes a
-# VM), given as the job's result by a fault rule on the poll.
+# Job outcomes given as the job's result by a fault rule on the poll (the simulator produces ID.1002
+# itself too, see the test below; nothing in it deletes a VM meanwhile, SYS.1000).
 JOB_RESULT_ROWS = [
     ("ID.1002", C.PERMISSION_DENIED),
     ("SYS.1000", C.INTERNAL),
@@ -378,3 +378,27 @@ def test_sys_1006_caused_by_an_unknown_code_is_unknown(stub, sim):
     with pytest.raises(grpc.RpcError) as info:
         stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
     assert decode(info.value).code == C.UNKNOWN
+
+
+def test_another_accounts_vm_is_permission_denied(make_gateway):
+    """ZStack's account check (Normal accounts only): ID.1002 through the job's poll."""
+    from zstack_sim.data import Account, Session
+
+    data = zstack_sim.demo_data()
+    user, session = "0badc0de" * 4, "5e551011" * 4
+    data.accounts[user] = Account(user, "tenant", "secret")
+    data.sessions[session] = Session(session, user, 1714525200.0, None)
+    data.vms[zstack_sim.DEMO_VM_UUID].account_uuid = user
+    with zstack_sim.run_in_thread(data) as sim:
+        stub = make_gateway(zstack_url=sim.url).stub
+        tenant = (("authorization", f"OAuth {session}"),)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AttachIso(_attach(), metadata=tenant, timeout=10)
+        d = decode(info.value)
+        assert (d.code, d.error_code.code) == (C.PERMISSION_DENIED, "ID.1002")
+        assert "doesn't belong to the account" in d.error_code.details
+        # Its own VM, and the admin on any VM, are allowed.
+        stub.AttachIso(_attach(zstack_sim.DEMO_VM_UUID), metadata=tenant, timeout=10)
+        stub.DetachIso(
+            svc.DetachIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID), metadata=AUTH, timeout=10
+        )

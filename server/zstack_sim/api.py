@@ -282,8 +282,8 @@ class ZStackApi:
         variables = call.match.variables
         vm_uuid = java_trim(variables[0]) if variables else ""
 
-        def credentials() -> Reply | None:
-            return self._check_credentials(call)
+        def credentials(vm: Vm) -> Reply | None:
+            return self._check_credentials(call) or self._check_owner(call, vm)
 
         if route is Route.ATTACH_ISO:
             iso_uuid = java_trim(variables[1]) if len(variables) > 1 else ""
@@ -296,6 +296,33 @@ class ZStackApi:
                 self.state, vm_uuid, iso if isinstance(iso, str) else None, credentials, call.cost_ms
             )
         self.state.jobs.finish(job, reply)
+
+    def _check_owner(self, call: Call, vm: Vm) -> Reply | None:
+        """``AccountAPIRequestChecker``: a Normal account may only touch its own VMs (ID.1002)."""
+        data = self.state.data
+        creds = call.credentials
+        if isinstance(creds, AccessKeyCredentials):
+            key = data.access_keys.get(creds.key_id)
+            account_uuid = key.account_uuid if key is not None else None
+        else:
+            session = data.sessions.get(creds.session_uuid if creds is not None else "")
+            account_uuid = session.account_uuid if session is not None else None
+        account = data.accounts.get(account_uuid or "")
+        if account is None or account.type == "SystemAdmin":
+            return None
+        owner_uuid = vm.account_uuid or next(
+            (a.uuid for a in data.accounts.values() if a.type == "SystemAdmin"), ""
+        )
+        if owner_uuid == account.uuid:
+            return None
+        owner = data.accounts.get(owner_uuid)
+        return zstack_error(
+            "ID.1002",
+            f"operation denied. The resource[uuid: {vm.uuid}, type: VmInstanceVO,ownerAccountName:"
+            f"{owner.name if owner is not None else ''}, ownerAccountUuid:{owner_uuid}] doesn't belong to "
+            f"the account[uuid: {account.uuid}]",
+            cost_ms=call.cost_ms,
+        )
 
     def _accepted(self, call: Call) -> Reply:
         """202 ``{"apiTimeout": ms, "location": ...}`` (key order computed, iso-workflow §3)."""

@@ -6,7 +6,9 @@ omitted::
 
     {
       "managementNodeUuid": "<32 hex>",               // optional; used in SYS.1010 details
-      "accounts":   [{"uuid": "<32 hex>", "name": "admin", "password": "password"}],
+      "accounts":   [{"uuid": "<32 hex>", "name": "admin", "password": "password",
+                      "type": "SystemAdmin"}],                     // optional; default: SystemAdmin
+                                                                    // for "admin", else Normal
       "accessKeys": [{"id": "<AccessKeyId>", "secret": "<AccessKeySecret>", "accountUuid": "<32 hex>"}],
       "sessions":   [{"uuid": "<32 hex>", "accountUuid": "<32 hex>",
                       "createDate": "2024-05-01T09:00:00+08:00",   // optional, default: load time
@@ -15,6 +17,8 @@ omitted::
       "vms":        [{"uuid": "<32 hex>", "name": "vm1", "state": "Running",
                       "architecture": "x86_64",                     // optional, informational
                       "candidates": ["<image uuid>", ...],         // reply order for iso-candidates
+                      "accountUuid": "<32 hex>",                    // optional owner; default: the
+                                                                    // first SystemAdmin account
                       "cdRoms": [{"uuid": "<32 hex>", "deviceId": 0,   // optional; default: one
                                   "isoUuid": "<image uuid>",       // empty CD-ROM (ZStack's
                                   "isoInstallPath": "...", "protocol": "..."}]}],  // vm.vmDefaultCdRomNum)
@@ -115,6 +119,12 @@ class Account:
     uuid: str
     name: str
     password: str
+    #: "SystemAdmin" or "Normal"; default: "SystemAdmin" for the account named admin.
+    type: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            self.type = "SystemAdmin" if self.name == "admin" else "Normal"
 
     @property
     def password_hash(self) -> str:
@@ -174,6 +184,8 @@ class Vm:
     architecture: str = "x86_64"
     #: None: the default CD-ROM.
     cd_roms: list[CdRom] | None = None
+    #: The owning account; None: the first SystemAdmin account.
+    account_uuid: str | None = None
 
     def __post_init__(self) -> None:
         if self.cd_roms is None:
@@ -234,7 +246,8 @@ class SimData:
         return {
             "managementNodeUuid": self.management_node_uuid,
             "accounts": [
-                {"uuid": a.uuid, "name": a.name, "password": a.password} for a in self.accounts.values()
+                {"uuid": a.uuid, "name": a.name, "password": a.password, "type": a.type}
+                for a in self.accounts.values()
             ],
             "accessKeys": [
                 {"id": k.id, "secret": k.secret, "accountUuid": k.account_uuid}
@@ -256,6 +269,7 @@ class SimData:
                     "state": v.state,
                     "architecture": v.architecture,
                     "candidates": list(v.candidates),
+                    "accountUuid": v.account_uuid,
                     "cdRoms": [
                         {
                             "uuid": c.uuid,
@@ -357,8 +371,11 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
     if isinstance(doc.get("managementNodeUuid"), str):
         data.management_node_uuid = doc["managementNodeUuid"]
     for where, a in _objects(doc, "accounts"):
+        kind = a.get("type", "")
+        if not isinstance(kind, str) or kind not in ("", "SystemAdmin", "Normal"):
+            raise DataError(f"{where}: 'type' must be SystemAdmin or Normal")
         account = Account(
-            _req_str(a, "uuid", where), _req_str(a, "name", where), _req_str(a, "password", where)
+            _req_str(a, "uuid", where), _req_str(a, "name", where), _req_str(a, "password", where), kind
         )
         data.accounts[account.uuid] = account
     for where, k in _objects(doc, "accessKeys"):
@@ -390,6 +407,7 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
             candidates=list(candidates),
             architecture=arch if isinstance(arch, str) else "x86_64",
             cd_roms=_cd_roms(v, where),
+            account_uuid=v.get("accountUuid") if isinstance(v.get("accountUuid"), str) else None,
         )
         data.vms[vm.uuid] = vm
     data.validate()

@@ -12,9 +12,12 @@ ZStack's order:
 4. in the VM's queue: the state (Running, Stopped, Paused; else SYS.1006 caused by VM.1010), then
    the attach itself (a free CD-ROM, the ISO on a backup storage for a running VM).
 
-Simplifications [INF]: details are in English (a zh_CN server translates some of them); the account
-check (ID.1002, non-admin accounts only), a VM deleted meanwhile (SYS.1000) and the storage
-compatibility check are not simulated, since the simulator has one admin account and no storage.
+The account check (ID.1002) applies to Normal accounts only and looks at the VM's owner (an ISO
+shared to public is exempt, and the simulator takes every ISO as shared).
+
+Simplifications [INF]: details are in English (a zh_CN server translates some of them); a VM deleted
+meanwhile (SYS.1000) and the storage compatibility check are not simulated (the simulator has no
+storage).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ DETACH_MSG = "org.zstack.header.vm.APIDetachIsoFromVmInstanceMsg"
 _ALLOWED_STATES = ("Stopped", "Running", "Paused")
 _CDROM_TAG = "cdromUuid::"
 
-CheckCredentials = Callable[[], Reply | None]
+#: The session (or AccessKey) check, then the account check of the VM: a refusal, or None.
+CheckCredentials = Callable[[Vm], Reply | None]
 
 
 def _not_found(field: str, uuid: str, kind: str, cost_ms: int) -> Reply:
@@ -92,7 +96,7 @@ def attach_iso(
     vm = state.data.find_vm(vm_uuid)
     if vm is None:
         return _not_found("vmInstanceUuid", vm_uuid, "VmInstanceVO", cost_ms)
-    refused = check_credentials()
+    refused = check_credentials(vm)
     if refused is not None:
         return refused
     if any(cd.iso_uuid == iso_uuid for cd in vm.drives):
@@ -145,7 +149,7 @@ def detach_iso(
     vm = state.data.find_vm(vm_uuid)
     if vm is None:
         return _not_found("vmInstanceUuid", vm_uuid, "VmInstanceVO", cost_ms)
-    refused = check_credentials()
+    refused = check_credentials(vm)
     if refused is not None:
         return refused
     attached = [cd for cd in vm.drives if cd.iso_uuid is not None]
