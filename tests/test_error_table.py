@@ -402,3 +402,20 @@ def test_another_accounts_vm_is_permission_denied(make_gateway):
         stub.DetachIso(
             svc.DetachIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID), metadata=AUTH, timeout=10
         )
+
+
+def test_an_iso_on_no_backup_storage_cannot_go_to_a_running_vm(make_gateway):
+    """Row 13 of ZStack's attach: a Running VM needs the ISO on a backup storage of its zone; a Stopped
+    VM takes it anyway (ZStack checks nothing more for it)."""
+    data = zstack_sim.demo_data()
+    data.images[ISO]["backupStorageRefs"] = []
+    with zstack_sim.run_in_thread(data) as sim:
+        stub = make_gateway(zstack_url=sim.url).stub
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AttachIso(_attach(zstack_sim.DEMO_VM_UUID), metadata=AUTH, timeout=10)
+        d = decode(info.value)
+        assert (d.code, d.error_code.code) == (C.FAILED_PRECONDITION, "SYS.1006")
+        assert d.error_code.details.startswith(
+            f"cannot find the iso[uuid:{ISO}] in any connected backup storage"
+        )
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
