@@ -178,9 +178,9 @@ def test_same_request_id_after_a_lost_connection_gets_the_first_jobs_result(stub
 
 
 def test_a_deadline_shorter_than_the_job_says_which_job_and_the_job_completes(stub, sim: SimControl) -> None:
-    sim.fault(action="job", seconds=2.0, times=1)
+    sim.fault(action="job", seconds=3.0, times=1)
     with pytest.raises(grpc.RpcError) as info:
-        stub.AttachIso(attach(request_id="slow-1"), metadata=AUTH, timeout=0.8)
+        stub.AttachIso(attach(request_id="slow-1"), metadata=AUTH, timeout=1.5)
     d = decode(info.value)
     assert d.code == C.DEADLINE_EXCEEDED
     assert d.info.reason == "ZSTACK_JOB_STILL_RUNNING"

@@ -72,7 +72,7 @@ def cd_roms(sim: SimControl, vm: str) -> list[dict[str, Any]]:
 
 
 def test_accepted_job_points_elsewhere_runs_then_answers(http: Http, sim: SimControl, simulator: Any) -> None:
-    sim.config(job_seconds=0.3)
+    sim.config(job_seconds=1.0)
     status, text = http.send("POST", attach_path(STOPPED, DEMO_ISO_UUID), {}, job="a" * 32)
     assert status == 202
     body = json.loads(text)
