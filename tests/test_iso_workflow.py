@@ -396,3 +396,26 @@ def test_caller_tokens_health_metrics_and_logs_cover_the_new_rpcs(
         m[f'zstack_gateway_upstream_responses_total{{api="{api} job",http_status="200",zstack_code="none"}}']
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://evil.example:8080/zstack/v1/api-jobs/../../accounts/login",
+        "http://evil.example/elsewhere",
+        "",
+    ],
+)
+def test_a_hostile_location_never_leads_elsewhere(stub, sim: SimControl, location: str) -> None:
+    body = json.dumps({"apiTimeout": 1, "location": location}) if location else "not json"
+    sim.fault(action="respond", path="/iso/", status=202, body=body, times=1)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.AttachIso(attach(), metadata=AUTH, timeout=10)
+    d = decode(info.value)
+    # The fault answered in ZStack's place, so ZStack has no such job: the poll of the uuid the
+    # gateway sent, on its configured URL, says so.
+    assert d.code == C.NOT_FOUND and d.info.reason == "ZSTACK_JOB_EXPIRED"
+    [post] = job_posts(sim)
+    sent = post["headers"]["X-Job-UUID"]
+    assert d.info.metadata["jobUuid"] == sent
+    assert {r["path"] for r in sim.zstack_requests()} == {post["path"], f"/zstack/v1/api-jobs/{sent}"}
