@@ -181,3 +181,241 @@ def test_cancelled_call_abandons_its_upstream_request(stub, sim):
     while sim.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sim.stats()["in_flight"] == 0
+
+
+# --- the ISO workflow: every error of ZStack's attach and detach, produced by the simulator ------
+
+ISO = zstack_sim.DEMO_ISO_UUID
+STOPPED = zstack_sim.DEMO_STOPPED_VM_UUID
+MISSING = zstack_sim.DEMO_MISSING_VM_UUID
+BAD_SESSION = (("authorization", "OAuth " + "0" * 32),)
+
+
+def _attach(vm: str = STOPPED, iso: str = ISO, **kw) -> svc.AttachIsoRequest:
+    return svc.AttachIsoRequest(vm_instance_uuid=vm, iso_uuid=iso, **kw)
+
+
+def _cd_rom(sim) -> str:
+    return sim.vm(STOPPED)["vmCdRoms"][0]["uuid"]
+
+
+# (id, set-up, rpc, request, metadata, ZStack code, gRPC code, text in the details)
+ISO_ROWS = [
+    ("iso-missing", None, "AttachIso", _attach(iso="f" * 32), AUTH, "SYS.1003", C.NOT_FOUND, "type:ImageVO"),
+    ("vm-missing", None, "AttachIso", _attach(vm=MISSING), AUTH, "SYS.1003", C.NOT_FOUND, "VmInstanceVO"),
+    # Both missing: ZStack reports the ISO; a missing resource beats an invalid session.
+    (
+        "both-missing",
+        None,
+        "AttachIso",
+        _attach(MISSING, "f" * 32),
+        BAD_SESSION,
+        "SYS.1003",
+        C.NOT_FOUND,
+        "isoUuid",
+    ),
+    ("session", None, "AttachIso", _attach(), BAD_SESSION, "ID.1001", C.UNAUTHENTICATED, "Session expired"),
+    (
+        "not-an-iso",
+        None,
+        "AttachIso",
+        _attach(iso=zstack_sim.DEMO_SEED_IMAGE_UUID),
+        AUTH,
+        "SYS.1007",
+        C.INVALID_ARGUMENT,
+        "Unsupported Image Media Type",
+    ),
+    (
+        "already-attached",
+        "attach",
+        "AttachIso",
+        _attach(),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "already has an ISO",
+    ),
+    (
+        "cd-rom-missing",
+        None,
+        "AttachIso",
+        _attach(cd_rom_uuid="c" * 32),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "does not exist",
+    ),
+    (
+        "cd-rom-holds-an-iso",
+        "attach-second",
+        "AttachIso",
+        "tagged",
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "has mounted the ISO",
+    ),
+    (
+        "vm-state",
+        "starting",
+        "AttachIso",
+        _attach(),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "current vm instance state[Starting]",
+    ),
+    (
+        "no-free-cd-rom",
+        "attach-second",
+        "AttachIso",
+        _attach(),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "CD-ROMs have mounted ISO",
+    ),
+    (
+        "detach-vm-missing",
+        None,
+        "DetachIso",
+        svc.DetachIsoRequest(vm_instance_uuid=MISSING),
+        AUTH,
+        "SYS.1003",
+        C.NOT_FOUND,
+        "VmInstanceVO",
+    ),
+    (
+        "detach-several-isos",
+        "two-isos",
+        "DetachIso",
+        svc.DetachIsoRequest(vm_instance_uuid=STOPPED),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "multiple ISOs attached",
+    ),
+    (
+        "detach-vm-state",
+        "starting",
+        "DetachIso",
+        svc.DetachIsoRequest(vm_instance_uuid=STOPPED),
+        AUTH,
+        "SYS.1006",
+        C.FAILED_PRECONDITION,
+        "current vm instance state[Starting]",
+    ),
+]
+
+
+def _set_up(step, stub, sim) -> None:
+    second = zstack_sim.DEMO_SECOND_ISO_UUID
+    if step == "attach":
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
+    elif step == "attach-second":
+        stub.AttachIso(_attach(iso=second), metadata=AUTH, timeout=10)
+    elif step == "two-isos":
+        sim.set_vm(STOPPED, cd_roms=2)
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
+        stub.AttachIso(_attach(iso=second), metadata=AUTH, timeout=10)
+    elif step == "starting":
+        sim.set_vm(STOPPED, state="Starting")
+
+
+@pytest.mark.parametrize(
+    ("step", "rpc", "request_", "metadata", "zcode", "grpc_code", "text"),
+    [row[1:] for row in ISO_ROWS],
+    ids=[row[0] for row in ISO_ROWS],
+)
+def test_iso_workflow_errors_reach_the_caller_with_zstacks_error_code(
+    stub, sim, step, rpc, request_, metadata, zcode, grpc_code, text
+):
+    _set_up(step, stub, sim)
+    if request_ == "tagged":
+        request_ = _attach(cd_rom_uuid=_cd_rom(sim))
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(stub, rpc)(request_, metadata=metadata, timeout=10)
+    d = decode(info.value)
+    assert d.code == grpc_code
+    assert d.error_code.code == zcode
+    assert text in d.error_code.details
+    assert d.message.startswith(f"ZStack {zcode}: ")
+    assert d.info.metadata["zstackCode"] == zcode
+    assert d.info.metadata["httpStatus"] == "503"  # the job's poll
+    assert d.info.metadata["jobUuid"] == sim.accepted_jobs()[-1]
+    if step == "starting":
+        assert d.error_code.cause.code == "VM.1010"  # SYS.1006 is classified by its cause
+
+
+# Job outcomes given as the job's result by a fault rule on the poll (the simulator produces ID.1002
+# itself too, see the test below; nothing in it deletes a VM meanwhile, SYS.1000).
+JOB_RESULT_ROWS = [
+    ("ID.1002", C.PERMISSION_DENIED),
+    ("SYS.1000", C.INTERNAL),
+    ("SYS.1001", C.UNAVAILABLE),  # a job timeout is ZStack's own: the caller's deadline was not sent
+    ("SYS.1006", C.FAILED_PRECONDITION),
+    ("HOST.1001", C.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(("zcode", "grpc_code"), JOB_RESULT_ROWS)
+def test_job_results_classify_like_any_zstack_error(stub, sim, zcode, grpc_code):
+    sim.fault(action="zstack_error", path="/api-jobs/", code=zcode, details=f"details of {zcode}")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
+    d = decode(info.value)
+    assert (d.code, d.error_code.code, d.info.metadata["zstackCode"]) == (grpc_code, zcode, zcode)
+
+
+def test_sys_1006_caused_by_an_unknown_code_is_unknown(stub, sim):
+    sim.fault(
+        action="zstack_error",
+        path="/api-jobs/",
+        code="SYS.1006",
+        details="failed",
+        cause={"code": "HOST.1001", "details": "agent failure"},
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)
+    assert decode(info.value).code == C.UNKNOWN
+
+
+def test_another_accounts_vm_is_permission_denied(make_gateway):
+    """ZStack's account check (Normal accounts only): ID.1002 through the job's poll."""
+    from zstack_sim.data import Account, Session
+
+    data = zstack_sim.demo_data()
+    user, session = "0badc0de" * 4, "5e551011" * 4
+    data.accounts[user] = Account(user, "tenant", "secret")
+    data.sessions[session] = Session(session, user, 1714525200.0, None)
+    data.vms[zstack_sim.DEMO_VM_UUID].account_uuid = user
+    with zstack_sim.run_in_thread(data) as sim:
+        stub = make_gateway(zstack_url=sim.url).stub
+        tenant = (("authorization", f"OAuth {session}"),)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AttachIso(_attach(), metadata=tenant, timeout=10)
+        d = decode(info.value)
+        assert (d.code, d.error_code.code) == (C.PERMISSION_DENIED, "ID.1002")
+        assert "doesn't belong to the account" in d.error_code.details
+        # Its own VM, and the admin on any VM, are allowed.
+        stub.AttachIso(_attach(zstack_sim.DEMO_VM_UUID), metadata=tenant, timeout=10)
+        stub.DetachIso(
+            svc.DetachIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID), metadata=AUTH, timeout=10
+        )
+
+
+def test_an_iso_on_no_backup_storage_cannot_go_to_a_running_vm(make_gateway):
+    """Row 13 of ZStack's attach: a Running VM needs the ISO on a backup storage of its zone; a Stopped
+    VM takes it anyway (ZStack checks nothing more for it)."""
+    data = zstack_sim.demo_data()
+    data.images[ISO]["backupStorageRefs"] = []
+    with zstack_sim.run_in_thread(data) as sim:
+        stub = make_gateway(zstack_url=sim.url).stub
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AttachIso(_attach(zstack_sim.DEMO_VM_UUID), metadata=AUTH, timeout=10)
+        d = decode(info.value)
+        assert (d.code, d.error_code.code) == (C.FAILED_PRECONDITION, "SYS.1006")
+        assert d.error_code.details.startswith(
+            f"cannot find the iso[uuid:{ISO}] in any connected backup storage"
+        )
+        stub.AttachIso(_attach(), metadata=AUTH, timeout=10)

@@ -229,3 +229,30 @@ def test_longs_string_keeps_int64_beyond_2_to_53_exact(beyond_double_target: str
     assert node.returncode == 0, node.stderr
     images = [i for line in node.stdout.splitlines() for i in json.loads(line).get("inventories", [])]
     assert str(BEYOND_DOUBLE) in [i.get("size") for i in images]
+
+
+def test_node_attaches_an_iso_and_reads_the_job_uuid(target: str, sim: SimControl) -> None:
+    assert NODE is not None
+    iso, vm = zstack_sim.DEMO_ISO_UUID, zstack_sim.DEMO_STOPPED_VM_UUID
+    command = [NODE, str(CLIENT), target, vm, "--session", SESSION, "--timeout", "10", "--attach", iso]
+    out = subprocess.run(
+        [*command, "--request-id", "node-1"], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    [job] = sim.accepted_jobs()
+    assert result["jobUuid"] == job
+    inventory = result["response"]["inventory"]
+    assert inventory["uuid"] == vm and inventory["vmCdRoms"][0]["isoUuid"] == iso
+    assert isinstance(inventory["memorySize"], str)  # int64 as an exact decimal string
+    # The same request id: the first job's result, no second attach.
+    again = subprocess.run(
+        [*command, "--request-id", "node-1"], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert json.loads(again.stdout) == result and sim.accepted_jobs() == [job]
+    # A new attach of the same ISO: ZStack refuses it, and the status names the job.
+    status = node_status(subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT))
+    assert status["codeName"] == "FAILED_PRECONDITION"
+    [info] = details_of(status, "google.rpc.ErrorInfo")
+    assert info["metadata"]["zstackCode"] == "SYS.1006"
+    assert info["metadata"]["jobUuid"] == status["jobUuid"] == sim.accepted_jobs()[-1]

@@ -110,6 +110,9 @@ def test_go_stubs_generate_and_compile(tmp_path: Path) -> None:
     assert names == [
         "error.pb.go",
         "image.pb.go",
+        "image_service.pb.go",
+        "image_service_grpc.pb.go",
+        "vm.pb.go",
         "vm_instance_service.pb.go",
         "vm_instance_service_grpc.pb.go",
     ]
@@ -154,6 +157,9 @@ def test_java_stubs_generate_and_compile(tmp_path: Path) -> None:
     assert names == [
         "Error.java",
         "Image.java",
+        "ImageServiceGrpc.java",
+        "ImageServiceOuterClass.java",
+        "Vm.java",
         "VmInstanceServiceGrpc.java",
         "VmInstanceServiceOuterClass.java",
     ]

@@ -81,6 +81,7 @@ def test_list_health_reflection_and_a_call_still_work(gateway: GatewayThread, si
     assert sorted(out.stdout.split()) == [
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "zstack.v1.ImageService",
         "zstack.v1.VmInstanceService",
     ]
     for symbol in ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):

@@ -16,6 +16,8 @@ import { VmInstanceService } from "./gen/zstack/v1/vm_instance_service_pb.js";
 
 export * from "./gen/zstack/v1/error_pb.js";
 export * from "./gen/zstack/v1/image_pb.js";
+export * from "./gen/zstack/v1/image_service_pb.js";
+export * from "./gen/zstack/v1/vm_pb.js";
 export * from "./gen/zstack/v1/vm_instance_service_pb.js";
 
 /** A client of zstack.v1.VmInstanceService: `getCandidateIso(request, options)` is an async iterable. */

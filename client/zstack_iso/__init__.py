@@ -1,4 +1,5 @@
-"""zstack_iso: a Python client of the zstack-grpc-gateway's ISO candidate API.
+"""zstack_iso: a Python client of the zstack-grpc-gateway's ISO workflow: candidate ISOs of a VM,
+candidate VMs of an ISO, attach and detach an ISO.
 
     from zstack_iso import IsoClient, TlsConfig, ZStackError
 
@@ -16,7 +17,15 @@
     with IsoClient("gw.example:50051", token=caller_token, tls=tls) as client:
         images = client.list_candidates(vm_uuid)
 
-Images are ``zstack.v1.image_pb2.ImageInventory`` messages; scalar fields ZStack left out are
+    # the rest of the workflow; a request_id makes the attach safe to repeat
+    with IsoClient("127.0.0.1:50051", session=session_uuid) as client:
+        vms = client.list_candidate_vms(iso_uuid)
+        vm = client.attach_iso(vms[0].uuid, iso_uuid, request_id=str(uuid.uuid4()))
+        print([rom.iso_uuid for rom in vm.vm_cd_roms])
+        client.detach_iso(vm.uuid, iso_uuid)
+
+Images are ``zstack.v1.image_pb2.ImageInventory`` messages, VMs
+``zstack.v1.vm_pb2.VmInstanceInventory``; scalar fields ZStack left out are
 absent (``HasField`` is False), not empty. :class:`AsyncIsoClient` is the same on asyncio.
 ``IsoClient.from_channel(channel, ...)`` reuses a channel the caller has. Every failed call raises
 :class:`ZStackError`. :func:`message_to_dict` gives an image as ZStack's JSON would.
@@ -32,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zstack.v1.image_pb2 import BackupStorageRef, ImageInventory
+    from zstack.v1.vm_pb2 import VmCdRomInventory, VmInstanceInventory
 
     from zstack_iso.client import DEFAULT_TIMEOUT, AsyncIsoClient, IsoClient
     from zstack_iso.errors import ZStackError
@@ -45,6 +55,8 @@ __all__ = [
     "ImageInventory",
     "IsoClient",
     "TlsConfig",
+    "VmCdRomInventory",
+    "VmInstanceInventory",
     "ZStackError",
     "message_to_dict",
 ]
@@ -56,6 +68,8 @@ _WHERE = {
     "BackupStorageRef": "zstack.v1.image_pb2",
     "ImageInventory": "zstack.v1.image_pb2",
     "TlsConfig": "zstack_iso.tls",
+    "VmCdRomInventory": "zstack.v1.vm_pb2",
+    "VmInstanceInventory": "zstack.v1.vm_pb2",
     "ZStackError": "zstack_iso.errors",
     "message_to_dict": "zstack_iso.jsonform",
 }

@@ -1,8 +1,17 @@
-"""The ``zstack-iso`` command: a gateway's ISO candidates, as a table or ZStack-shaped JSON.
+"""The ``zstack-iso`` command: the ISO workflow through a gateway, as tables or ZStack-shaped JSON.
 
-    zstack-iso candidates VM_UUID [--target HOST:PORT] [--session S | --token T | --token-file F]
-                                  [--tls] [--cacert F] [--cert F --key F] [--tls-server-name NAME]
-                                  [--timeout S] [--json] [--system-tag TAG ...] [--user-tag TAG ...]
+    zstack-iso candidates VM_UUID       the ISO images that can be attached to a VM
+    zstack-iso vms ISO_UUID             the VMs an ISO image can be attached to
+    zstack-iso attach VM_UUID ISO_UUID [--cd-rom UUID] [--request-id ID]
+    zstack-iso detach VM_UUID [ISO_UUID] [--request-id ID]
+
+    common options: [--target HOST:PORT] [--session S | --token T | --token-file F]
+                    [--tls] [--cacert F] [--cert F --key F] [--tls-server-name NAME]
+                    [--timeout S] [--json] [--system-tag TAG ...] [--user-tag TAG ...]
+
+``attach`` and ``detach`` wait for ZStack's job. Each sends a request id (``--request-id``, or a new
+random one): when the call fails or its time runs out, the message says how to run the same command
+again with that id, which picks up the same job instead of attaching or detaching a second time.
 
 Every setting has an environment variable (the flag wins over it):
 
@@ -38,10 +47,11 @@ import sys
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
 if TYPE_CHECKING:
-    from zstack.v1 import image_pb2
+    from google.protobuf.message import Message
+    from zstack.v1 import image_pb2, vm_pb2
 
     from zstack_iso.errors import ZStackError
     from zstack_iso.tls import TlsConfig
@@ -91,6 +101,11 @@ examples, by the gateway's --auth-mode:
 
   # ZStack-shaped JSON (64-bit numbers as numbers, dates in RFC 3339 UTC)
   zstack-iso candidates <vm-uuid> --json
+
+  # the rest of the workflow: candidate VMs of an ISO, attach it, detach it
+  zstack-iso vms <iso-uuid>
+  zstack-iso attach <vm-uuid> <iso-uuid> --request-id my-attach-1
+  zstack-iso detach <vm-uuid> <iso-uuid>
 
 environment (a flag wins over its variable): {TARGET_ENV}, {SESSION_ENV},
   {TOKEN_ENV}, {TOKEN_FILE_ENV}, {TLS_ENV}, {CACERT_ENV}, {CERT_ENV},
@@ -149,19 +164,46 @@ def _run(args: argparse.Namespace, settings: _Settings) -> int:
     except ValueError as exc:
         # The messages name the problem, never a credential's value.
         raise _UsageError(str(exc)) from None
+    request_id: str = getattr(args, "request_id", None) or ""
+    if args.command in ("attach", "detach") and not request_id:
+        import uuid
+
+        request_id = uuid.uuid4().hex
+    tags = {"system_tags": args.system_tags, "user_tags": args.user_tags}
     try:
         with client:
-            images = client.list_candidates(
-                args.vm_instance_uuid, system_tags=args.system_tags, user_tags=args.user_tags
-            )
+            if args.command == "candidates":
+                result: Any = client.list_candidates(args.vm_instance_uuid, **tags)
+            elif args.command == "vms":
+                result = client.list_candidate_vms(args.iso_uuid, **tags)
+            elif args.command == "attach":
+                result = client.attach_iso(
+                    args.vm_instance_uuid,
+                    args.iso_uuid,
+                    cd_rom_uuid=args.cd_rom,
+                    request_id=request_id,
+                    **tags,
+                )
+            else:
+                result = client.detach_iso(
+                    args.vm_instance_uuid, args.iso_uuid, request_id=request_id, **tags
+                )
     except ZStackError as err:
-        _print_error(err, _hint(err, settings), as_json=args.json, out=sys.stderr)
+        hint = _hint(err, settings)
+        if request_id and err.code.name not in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"):
+            again = f"the same command with --request-id {request_id} gets this call's job again"
+            hint = f"{hint}; {again}" if hint else again
+        _print_error(err, hint, as_json=args.json, out=sys.stderr)
         return EXIT_RPC_ERROR
     try:
-        if args.json:
-            _print_json(images, sys.stdout)
+        if args.command == "candidates":
+            _print_json(result, sys.stdout) if args.json else _print_table(result, sys.stdout)
+        elif args.command == "vms":
+            _print_json(result, sys.stdout) if args.json else _print_vms(result, sys.stdout)
+        elif args.json:
+            _print_json([result], sys.stdout, one=True)
         else:
-            _print_table(images, sys.stdout)
+            _print_cd_roms(result, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader (e.g. `head`) left early. Point stdout at devnull so that the interpreter's
@@ -177,22 +219,73 @@ def _say(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command's parser, with its one subcommand, ``candidates``."""
+    """The command's parser: ``candidates``, ``vms``, ``attach`` and ``detach``, each with the
+    common options."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="List ZStack ISO images through the zstack-grpc-gateway.",
+        description="The ZStack ISO workflow through the zstack-grpc-gateway.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    candidates = commands.add_parser(
+    candidates = _command(
+        commands,
         "candidates",
-        help="the ISO images that can be attached to a VM",
-        description="List the ISO images that can be attached to a VM (GetCandidateIso).",
+        "the ISO images that can be attached to a VM",
+        "List the ISO images that can be attached to a VM (GetCandidateIso).",
+    )
+    candidates.add_argument("vm_instance_uuid", metavar="VM_UUID", help="the VM's UUID (32 hex characters)")
+    vms = _command(
+        commands,
+        "vms",
+        "the VMs an ISO image can be attached to",
+        "List the VMs an ISO image can be attached to (GetCandidateVm).",
+    )
+    vms.add_argument("iso_uuid", metavar="ISO_UUID", help="the ISO image's UUID (32 hex characters)")
+    attach = _command(
+        commands,
+        "attach",
+        "attach an ISO image to a VM",
+        "Attach an ISO image to a CD-ROM of a VM (AttachIso) and wait for ZStack's job; prints the "
+        "VM's CD-ROMs.",
+    )
+    attach.add_argument("vm_instance_uuid", metavar="VM_UUID", help="the VM's UUID")
+    attach.add_argument("iso_uuid", metavar="ISO_UUID", help="the ISO image's UUID")
+    attach.add_argument(
+        "--cd-rom", metavar="UUID", help="the CD-ROM to use (default: ZStack's first empty one)"
+    )
+    detach = _command(
+        commands,
+        "detach",
+        "detach an ISO image from a VM",
+        "Detach an ISO image (or the VM's only one) from a VM (DetachIso) and wait for ZStack's job; "
+        "prints the VM's CD-ROMs. Detaching what is not attached succeeds.",
+    )
+    detach.add_argument("vm_instance_uuid", metavar="VM_UUID", help="the VM's UUID")
+    detach.add_argument("iso_uuid", metavar="ISO_UUID", nargs="?", help="the ISO image's UUID (optional)")
+    for mutation in (attach, detach):
+        mutation.add_argument(
+            "--request-id",
+            metavar="ID",
+            help="names this call's ZStack job: the same command with the same id (and credentials) "
+            "gets the first call's job and result instead of a second change (default: a new id)",
+        )
+    return parser
+
+
+def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    candidates.add_argument("vm_instance_uuid", metavar="VM_UUID", help="the VM's UUID (32 hex characters)")
+    _common_options(sub)
+    return sub
+
+
+def _common_options(candidates: argparse.ArgumentParser) -> None:
     candidates.add_argument(
         "--target",
         metavar="HOST:PORT",
@@ -249,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     candidates.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON array of the images, as ZStack writes them (key names, numbers)",
+        help="print the result as JSON, as ZStack writes it (key names, numbers)",
     )
     candidates.add_argument(
         "--system-tag",
@@ -267,7 +360,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TAG",
         help="a ZStack user tag to send (repeatable)",
     )
-    return parser
 
 
 def _positive_seconds(text: str) -> float:
@@ -502,11 +594,54 @@ def _hint(err: ZStackError, settings: _Settings) -> str | None:
 # Output
 
 
-def _print_json(images: Sequence[image_pb2.ImageInventory], out: TextIO) -> None:
+def _print_json(messages: Sequence[Message], out: TextIO, *, one: bool = False) -> None:
+    """A JSON array of the messages (images or VMs), or the one message when ``one``."""
     from zstack_iso.jsonform import message_to_dict
 
-    data = [message_to_dict(image) for image in images]
-    out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    data: Any = [message_to_dict(message) for message in messages]
+    out.write(json.dumps(data[0] if one else data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _print_rows(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    if rows:
+        table = [headers, *rows]
+        widths = [max(_width(row[i]) for row in table) for i in range(len(headers))]
+        for row in table:
+            out.write(
+                "  ".join(_pad(cell, w, right=False) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+            out.write("\n")
+
+
+def _print_vms(vms: Sequence[vm_pb2.VmInstanceInventory], out: TextIO) -> None:
+    def text(vm: vm_pb2.VmInstanceInventory, field: Literal["uuid", "name", "state"]) -> str:
+        return _printable(getattr(vm, field)) if vm.HasField(field) else "-"
+
+    rows = [
+        (
+            text(vm, "uuid"),
+            _truncate(text(vm, "name"), _MAX_NAME_COLUMNS),
+            text(vm, "state"),
+            ",".join(_printable(rom.iso_uuid) for rom in vm.vm_cd_roms if rom.HasField("iso_uuid")) or "-",
+        )
+        for vm in vms
+    ]
+    _print_rows(("UUID", "NAME", "STATE", "ATTACHED ISOS"), rows, out)
+    out.write(f"{len(vms)} VM{'' if len(vms) == 1 else 's'}\n")
+
+
+def _print_cd_roms(vm: vm_pb2.VmInstanceInventory, out: TextIO) -> None:
+    name = _printable(vm.name) if vm.HasField("name") else "-"
+    out.write(f"VM {_printable(vm.uuid)} ({name}), {_printable(vm.state) if vm.HasField('state') else '-'}\n")
+    rows = [
+        (
+            str(rom.device_id) if rom.HasField("device_id") else "-",
+            _printable(rom.uuid) if rom.HasField("uuid") else "-",
+            _printable(rom.iso_uuid) if rom.HasField("iso_uuid") else "-",
+        )
+        for rom in sorted(vm.vm_cd_roms, key=lambda r: r.device_id)
+    ]
+    _print_rows(("DEVICE", "CD-ROM", "ISO"), rows, out)
 
 
 def _print_error(err: ZStackError, hint: str | None, *, as_json: bool, out: TextIO) -> None:

@@ -1,8 +1,16 @@
-"""IsoClient and AsyncIsoClient: GetCandidateIso as a plain iterator of ImageInventory.
+"""IsoClient and AsyncIsoClient: the ISO workflow of the gateway as plain Python calls.
 
-The gateway streams the candidate list in chunks; both clients hide the chunks and yield one image
-at a time, as soon as its chunk arrives. Every failure, before or during the stream, is raised as
-:class:`~zstack_iso.errors.ZStackError`.
+* ``iter_candidates(vm)`` / ``list_candidates(vm)``: GetCandidateIso, one ImageInventory at a time;
+* ``iter_candidate_vms(iso)`` / ``list_candidate_vms(iso)``: GetCandidateVm, one VmInstanceInventory
+  at a time;
+* ``attach_iso(vm, iso, cd_rom_uuid=, request_id=)`` and ``detach_iso(vm, iso=, request_id=)``: the
+  VM as ZStack returns it once the job is done. Give a ``request_id`` (e.g. a UUID you keep) to make
+  a retry safe: the same call again gets the first call's job and result, not a second mutation.
+
+The gateway streams lists in chunks; both clients hide the chunks and yield one item at a time, as
+soon as its chunk arrives. Every failure, before or during a stream, is raised as
+:class:`~zstack_iso.errors.ZStackError` (``job_uuid`` names the ZStack job of a failed attach or
+detach).
 
 Credentials, by the gateway's ``--auth-mode``:
 
@@ -27,7 +35,14 @@ from typing import Any, ClassVar, Final, Generic, Literal, Self, TypedDict, Type
 
 import grpc
 import grpc.aio
-from zstack.v1 import image_pb2, vm_instance_service_pb2, vm_instance_service_pb2_grpc
+from zstack.v1 import (
+    image_pb2,
+    image_service_pb2,
+    image_service_pb2_grpc,
+    vm_instance_service_pb2,
+    vm_instance_service_pb2_grpc,
+    vm_pb2,
+)
 
 from zstack_iso.errors import ZStackError
 from zstack_iso.tls import TlsConfig
@@ -90,16 +105,58 @@ def _channel_settings(
     return channel_credentials, list(options)
 
 
-def _request(
-    vm_instance_uuid: str, system_tags: Iterable[str], user_tags: Iterable[str]
-) -> vm_instance_service_pb2.GetCandidateIsoRequest:
+def _tags(system_tags: Iterable[str], user_tags: Iterable[str]) -> tuple[list[str], list[str]]:
     # A lone string is iterable too; taken as tags it would send one tag per character.
     for name, tags in (("system_tags", system_tags), ("user_tags", user_tags)):
         if isinstance(tags, str | bytes):
             raise TypeError(f"{name} must be a sequence of strings, not a single string")
+    return list(system_tags), list(user_tags)
+
+
+def _request(
+    vm_instance_uuid: str, system_tags: Iterable[str], user_tags: Iterable[str]
+) -> vm_instance_service_pb2.GetCandidateIsoRequest:
+    system, user = _tags(system_tags, user_tags)
     return vm_instance_service_pb2.GetCandidateIsoRequest(
-        vm_instance_uuid=vm_instance_uuid, system_tags=list(system_tags), user_tags=list(user_tags)
+        vm_instance_uuid=vm_instance_uuid, system_tags=system, user_tags=user
     )
+
+
+def _attach_request(
+    vm_instance_uuid: str,
+    iso_uuid: str,
+    cd_rom_uuid: str | None,
+    system_tags: Iterable[str],
+    user_tags: Iterable[str],
+    request_id: str,
+) -> vm_instance_service_pb2.AttachIsoRequest:
+    system, user = _tags(system_tags, user_tags)
+    request = vm_instance_service_pb2.AttachIsoRequest(
+        vm_instance_uuid=vm_instance_uuid,
+        iso_uuid=iso_uuid,
+        system_tags=system,
+        user_tags=user,
+        request_id=request_id,
+    )
+    if cd_rom_uuid is not None:
+        request.cd_rom_uuid = cd_rom_uuid
+    return request
+
+
+def _detach_request(
+    vm_instance_uuid: str,
+    iso_uuid: str | None,
+    system_tags: Iterable[str],
+    user_tags: Iterable[str],
+    request_id: str,
+) -> vm_instance_service_pb2.DetachIsoRequest:
+    system, user = _tags(system_tags, user_tags)
+    request = vm_instance_service_pb2.DetachIsoRequest(
+        vm_instance_uuid=vm_instance_uuid, system_tags=system, user_tags=user, request_id=request_id
+    )
+    if iso_uuid is not None:
+        request.iso_uuid = iso_uuid
+    return request
 
 
 class _CallOptions(TypedDict, total=False):
@@ -127,6 +184,7 @@ class _Base(Generic[_ChannelT, _ImagesT]):
 
     _channel: _ChannelT
     _stub: vm_instance_service_pb2_grpc.VmInstanceServiceStub
+    _image_stub: image_service_pb2_grpc.ImageServiceStub
 
     def __init__(
         self,
@@ -189,6 +247,7 @@ class _Base(Generic[_ChannelT, _ImagesT]):
         self._channel = channel
         self._owns_channel = owns
         self._stub = vm_instance_service_pb2_grpc.VmInstanceServiceStub(channel)
+        self._image_stub = image_service_pb2_grpc.ImageServiceStub(channel)
 
     @property
     def target(self) -> str | None:
@@ -219,13 +278,14 @@ class _Base(Generic[_ChannelT, _ImagesT]):
         Raises ZStackError for any failure, also one in the middle of the stream.
         """
         request = _request(vm_instance_uuid, system_tags, user_tags)
+        return self._stream(request, self._deadline(timeout))
+
+    def _deadline(self, timeout: _Timeout) -> float | None:
         if timeout is _CLIENT_TIMEOUT:
-            deadline = self._timeout
-        elif timeout is not None and not timeout > 0:
+            return self._timeout
+        if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {timeout}")
-        else:
-            deadline = timeout
-        return self._stream(request, deadline)
+        return timeout
 
     def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
@@ -295,6 +355,82 @@ class IsoClient(_Base[grpc.Channel, Iterator[image_pb2.ImageInventory]]):
         """All of :meth:`iter_candidates` as a list (the same keyword arguments)."""
         return list(self.iter_candidates(vm_instance_uuid, **options))
 
+    def iter_candidate_vms(
+        self,
+        iso_uuid: str,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        timeout: _Timeout = _CLIENT_TIMEOUT,
+    ) -> Iterator[vm_pb2.VmInstanceInventory]:
+        """The VMs the ISO can be attached to (GetCandidateVm), in ZStack's order, each as soon as
+        it arrives. Raises ZStackError for any failure."""
+        system, user = _tags(system_tags, user_tags)
+        request = image_service_pb2.GetCandidateVmRequest(
+            iso_uuid=iso_uuid, system_tags=system, user_tags=user
+        )
+        deadline = self._deadline(timeout)
+        self._check_open()
+        call = self._image_stub.GetCandidateVm(request, timeout=deadline, metadata=self._metadata)
+        try:
+            for chunk in call:
+                yield from chunk.inventories
+        except grpc.RpcError as err:
+            raise ZStackError.from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+    def list_candidate_vms(
+        self, iso_uuid: str, **options: Unpack[_CallOptions]
+    ) -> list[vm_pb2.VmInstanceInventory]:
+        """All of :meth:`iter_candidate_vms` as a list (the same keyword arguments)."""
+        return list(self.iter_candidate_vms(iso_uuid, **options))
+
+    def attach_iso(
+        self,
+        vm_instance_uuid: str,
+        iso_uuid: str,
+        *,
+        cd_rom_uuid: str | None = None,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: _Timeout = _CLIENT_TIMEOUT,
+    ) -> vm_pb2.VmInstanceInventory:
+        """Attach the ISO to the VM (to ``cd_rom_uuid``, or ZStack's first empty CD-ROM); the VM
+        once ZStack's job is done. With a ``request_id``, calling again after any failure (a
+        deadline, a lost connection) gets the same job's result instead of a second attach."""
+        request = _attach_request(vm_instance_uuid, iso_uuid, cd_rom_uuid, system_tags, user_tags, request_id)
+        response: vm_instance_service_pb2.AttachIsoResponse = self._unary(
+            self._stub.AttachIso, request, self._deadline(timeout)
+        )
+        return response.inventory
+
+    def detach_iso(
+        self,
+        vm_instance_uuid: str,
+        iso_uuid: str | None = None,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: _Timeout = _CLIENT_TIMEOUT,
+    ) -> vm_pb2.VmInstanceInventory:
+        """Detach the ISO (or the VM's only ISO) from the VM; the VM once ZStack's job is done.
+        Detaching what is not attached succeeds. ``request_id`` as for :meth:`attach_iso`."""
+        request = _detach_request(vm_instance_uuid, iso_uuid, system_tags, user_tags, request_id)
+        response: vm_instance_service_pb2.DetachIsoResponse = self._unary(
+            self._stub.DetachIso, request, self._deadline(timeout)
+        )
+        return response.inventory
+
+    def _unary(self, method: Any, request: Any, deadline: float | None) -> Any:
+        self._check_open()
+        try:
+            return method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise ZStackError.from_rpc_error(err) from err
+
     def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None
     ) -> Iterator[image_pb2.ImageInventory]:
@@ -325,6 +461,7 @@ class AsyncIsoClient(_Base[grpc.aio.Channel, AsyncIterator[image_pb2.ImageInvent
     _insecure_channel = staticmethod(grpc.aio.insecure_channel)
     _secure_channel = staticmethod(grpc.aio.secure_channel)
     _stub: vm_instance_service_pb2_grpc.VmInstanceServiceAsyncStub
+    _image_stub: image_service_pb2_grpc.ImageServiceAsyncStub
 
     async def __aenter__(self) -> Self:
         return self
@@ -348,6 +485,75 @@ class AsyncIsoClient(_Base[grpc.aio.Channel, AsyncIterator[image_pb2.ImageInvent
         """All of :meth:`iter_candidates` as a list (the same keyword arguments; ``timeout`` is the
         gRPC deadline, as in IsoClient, and ``asyncio.timeout()`` around the call works too)."""
         return [image async for image in self.iter_candidates(vm_instance_uuid, **options)]
+
+    async def iter_candidate_vms(
+        self,
+        iso_uuid: str,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        timeout: _Timeout = _CLIENT_TIMEOUT,  # noqa: ASYNC109 (the gRPC deadline, as in IsoClient)
+    ) -> AsyncIterator[vm_pb2.VmInstanceInventory]:
+        """IsoClient.iter_candidate_vms, with ``async for``."""
+        system, user = _tags(system_tags, user_tags)
+        request = image_service_pb2.GetCandidateVmRequest(
+            iso_uuid=iso_uuid, system_tags=system, user_tags=user
+        )
+        deadline = self._deadline(timeout)
+        self._check_open()
+        call = self._image_stub.GetCandidateVm(request, timeout=deadline, metadata=self._metadata)
+        try:
+            async for chunk in call:
+                for vm in chunk.inventories:
+                    yield vm
+        except grpc.RpcError as err:
+            raise ZStackError.from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
+    async def list_candidate_vms(
+        self, iso_uuid: str, **options: Unpack[_CallOptions]
+    ) -> list[vm_pb2.VmInstanceInventory]:
+        """All of :meth:`iter_candidate_vms` as a list."""
+        return [vm async for vm in self.iter_candidate_vms(iso_uuid, **options)]
+
+    async def attach_iso(
+        self,
+        vm_instance_uuid: str,
+        iso_uuid: str,
+        *,
+        cd_rom_uuid: str | None = None,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: _Timeout = _CLIENT_TIMEOUT,  # noqa: ASYNC109 (the gRPC deadline, as in IsoClient)
+    ) -> vm_pb2.VmInstanceInventory:
+        """IsoClient.attach_iso, awaited."""
+        request = _attach_request(vm_instance_uuid, iso_uuid, cd_rom_uuid, system_tags, user_tags, request_id)
+        response = await self._unary(self._stub.AttachIso, request, self._deadline(timeout))
+        return response.inventory  # type: ignore[no-any-return]
+
+    async def detach_iso(
+        self,
+        vm_instance_uuid: str,
+        iso_uuid: str | None = None,
+        *,
+        system_tags: Iterable[str] = (),
+        user_tags: Iterable[str] = (),
+        request_id: str = "",
+        timeout: _Timeout = _CLIENT_TIMEOUT,  # noqa: ASYNC109 (the gRPC deadline, as in IsoClient)
+    ) -> vm_pb2.VmInstanceInventory:
+        """IsoClient.detach_iso, awaited."""
+        request = _detach_request(vm_instance_uuid, iso_uuid, system_tags, user_tags, request_id)
+        response = await self._unary(self._stub.DetachIso, request, self._deadline(timeout))
+        return response.inventory  # type: ignore[no-any-return]
+
+    async def _unary(self, method: Any, request: Any, deadline: float | None) -> Any:
+        self._check_open()
+        try:
+            return await method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise ZStackError.from_rpc_error(err) from err
 
     async def _stream(
         self, request: vm_instance_service_pb2.GetCandidateIsoRequest, deadline: float | None

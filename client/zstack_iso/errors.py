@@ -81,6 +81,12 @@ class ZStackError(Exception):
         self.http_status = http_status
         self.field_violations = list(field_violations or [])
 
+    @property
+    def job_uuid(self) -> str | None:
+        """The ZStack job the failed call ran (AttachIso, DetachIso), from the ErrorInfo metadata;
+        with DEADLINE_EXCEEDED (reason ``ZSTACK_JOB_STILL_RUNNING``) the job goes on inside ZStack."""
+        return self.metadata.get("jobUuid")
+
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 

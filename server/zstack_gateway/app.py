@@ -26,7 +26,7 @@ from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.readiness import Readiness
 from zstack_gateway.retry import RetryPolicy
-from zstack_gateway.servicer import VmInstanceServicer, add_to_server
+from zstack_gateway.servicer import IMAGE_SERVICE_NAME, VmInstanceServicer, add_to_server
 from zstack_gateway.settings import Config, ConfigError, policy, split_host_port
 from zstack_gateway.telemetry.metrics import Metrics
 from zstack_gateway.telemetry.metrics import serve as serve_metrics
@@ -63,7 +63,7 @@ class Gateway:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, IMAGE_SERVICE_NAME):
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -168,7 +168,12 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            IMAGE_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
         pool=descriptors.reflection_pool(),  # the compiled-in descriptors with the protos' comments
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import grpc
@@ -51,6 +51,10 @@ class Reason(enum.StrEnum):
     ZSTACK_BAD_RESPONSE = "ZSTACK_BAD_RESPONSE"
     ZSTACK_ACCOUNT_REJECTED = "ZSTACK_ACCOUNT_REJECTED"
     ZSTACK_LOGIN_FAILED = "ZSTACK_LOGIN_FAILED"
+    # ZStack's async jobs
+    ZSTACK_DUPLICATE_JOB = "ZSTACK_DUPLICATE_JOB"
+    ZSTACK_JOB_EXPIRED = "ZSTACK_JOB_EXPIRED"
+    ZSTACK_JOB_STILL_RUNNING = "ZSTACK_JOB_STILL_RUNNING"
     # Reaching ZStack
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_DEADLINE_EXCEEDED = "UPSTREAM_DEADLINE_EXCEEDED"
@@ -69,6 +73,10 @@ ZSTACK_CODES: dict[str, grpc.StatusCode] = {
     "SYS.1000": grpc.StatusCode.INTERNAL,  # internal error
     "SYS.1001": grpc.StatusCode.UNAVAILABLE,  # timeout; DEADLINE_EXCEEDED when our deadline drove it
     "SYS.1003": grpc.StatusCode.NOT_FOUND,  # resource not found
+    # "operation failed": classified by its cause when it has one (see from_zstack_error); without
+    # one, what ZStack reports with it is the state of resources (an ISO already attached, no free
+    # CD-ROM, a CD-ROM that does not exist or holds an ISO, several ISOs and no isoUuid).
+    "SYS.1006": grpc.StatusCode.FAILED_PRECONDITION,
     "SYS.1007": grpc.StatusCode.INVALID_ARGUMENT,  # invalid argument
     "SYS.1009": grpc.StatusCode.UNAVAILABLE,  # no route to the owning management node
     "SYS.1010": grpc.StatusCode.UNAVAILABLE,  # management node not ready
@@ -78,7 +86,13 @@ ZSTACK_CODES: dict[str, grpc.StatusCode] = {
     "ID.1001": grpc.StatusCode.UNAUTHENTICATED,  # invalid or expired session
     "ID.1002": grpc.StatusCode.PERMISSION_DENIED,  # permission denied
     "ID.1006": grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many sessions
+    "VM.1010": grpc.StatusCode.FAILED_PRECONDITION,  # the VM's state does not allow the operation
 }
+
+#: ZStack codes whose meaning is the one of their cause, when they carry one.
+_CLASSIFIED_BY_CAUSE = frozenset({"SYS.1006"})
+#: How deep a cause chain is followed to classify an error.
+_MAX_CAUSE_STEPS = 8
 
 #: Newer ZStack builds send a global error code beside the classic one; these mean "invalid session".
 SESSION_GLOBAL_CODES = frozenset({"ORG_ZSTACK_IDENTITY_10020", "ORG_ZSTACK_IDENTITY_10006"})
@@ -110,6 +124,8 @@ class GatewayError(Exception):
     retryable: bool = False
     # Sent to the caller as google.rpc.RetryInfo: when trying again may succeed.
     retry_after: float | None = None
+    # Extra ErrorInfo metadata, e.g. ``jobUuid`` for an error of a ZStack job.
+    info_metadata: Mapping[str, str] = field(default_factory=dict)
     # The grpc status built for this error, once: callers that share one upstream request share
     # this error, and each of them sends it. Setting any field above drops it.
     _status: grpc.Status | None = field(default=None, init=False, repr=False, compare=False)
@@ -172,12 +188,7 @@ def from_zstack_error(
     """Classify a ZStack ErrorCode. ``deadline_sent``: the call told ZStack the caller's deadline
     (X-API-Timeout), so a ZStack timeout (SYS.1001) means the caller's deadline ran out."""
     zcode = error_code.code
-    if zcode == "SYS.1001" and deadline_sent:
-        code = grpc.StatusCode.DEADLINE_EXCEEDED
-    elif error_code.global_error_code in SESSION_GLOBAL_CODES:
-        code = grpc.StatusCode.UNAUTHENTICATED
-    else:
-        code = ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
+    code = _grpc_code(error_code, deadline_sent)
     text = cut(error_code.details or error_code.description or "no details given", _MESSAGE_TEXT_CHARS)
     label = cut(zcode or error_code.global_error_code or "error without a code", MAX_CODE_BYTES)
     # AIP-193: a reason is UPPER_SNAKE_CASE and at most 63 characters.
@@ -194,12 +205,46 @@ def from_zstack_error(
     )
 
 
+def _grpc_code(error_code: error_pb2.ErrorCode, deadline_sent: bool) -> grpc.StatusCode:
+    """The gRPC code of a ZStack ErrorCode. SYS.1006 ("operation failed") takes its cause's code
+    when it has a cause (a VM in the wrong state: SYS.1006 caused by VM.1010, FAILED_PRECONDITION);
+    a cause of an unknown code makes it UNKNOWN, no cause FAILED_PRECONDITION."""
+    for _ in range(_MAX_CAUSE_STEPS):
+        zcode = error_code.code
+        if zcode == "SYS.1001" and deadline_sent:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if error_code.global_error_code in SESSION_GLOBAL_CODES:
+            return grpc.StatusCode.UNAUTHENTICATED
+        if zcode in _CLASSIFIED_BY_CAUSE and error_code.HasField("cause"):
+            error_code = error_code.cause
+            continue
+        return ZSTACK_CODES.get(zcode, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.UNKNOWN
+
+
 def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> GatewayError:
     """Classify a non-200 ZStack answer (or a 200 whose body is not the expected JSON)."""
     parsed = _zstack_error_body(body)
     if parsed is not None:
         return from_zstack_error(parsed, status, deadline_sent=deadline_sent)
     text = _excerpt(body)
+    if status == 400 and text.startswith("Duplicate job uuid["):
+        # The job already exists (running, or done within ZStack's ~3 h retention): the request was
+        # refused, not run again. The gateway polls that job instead (zstack_gateway.jobs).
+        return _gateway(
+            grpc.StatusCode.ALREADY_EXISTS,
+            Reason.ZSTACK_DUPLICATE_JOB,
+            f"ZStack already has this job: {text}",
+            http_status=status,
+        )
+    if status == 404 and text == "the job has been expired":
+        return _gateway(
+            grpc.StatusCode.NOT_FOUND,
+            Reason.ZSTACK_JOB_EXPIRED,
+            "ZStack no longer has the job (unknown, or finished more than about 3 hours ago and "
+            "purged); its outcome cannot be read any more: check the resource itself",
+            http_status=status,
+        )
     if status == 400:
         if re.search(r"authori[sz]ation|'date'|accesskey", text, re.IGNORECASE):
             return _gateway(
@@ -246,7 +291,7 @@ def from_http_response(status: int, body: bytes, *, deadline_sent: bool) -> Gate
         return _gateway(
             grpc.StatusCode.INTERNAL,
             Reason.ZSTACK_UNEXPECTED_ASYNC_REPLY,
-            "ZStack answered 202 Accepted to a synchronous API; this gateway does not poll jobs",
+            "ZStack answered 202 Accepted to a synchronous API, whose answer never comes as a job",
             http_status=status,
         )
     if 500 <= status < 600:
@@ -291,6 +336,26 @@ def deadline_exceeded(budget: float, *, caller_deadline: bool) -> GatewayError:
         Reason.UPSTREAM_DEADLINE_EXCEEDED,
         f"ZStack did not answer within {whose} ({budget:.3g} s)",
     )
+
+
+def job_still_running(job_uuid: str, budget: float, *, caller_deadline: bool, accepted: bool) -> GatewayError:
+    """The call's time ran out while its ZStack job ran (``accepted``) or before ZStack confirmed
+    it. A ZStack job cannot be cancelled: it goes on. The ErrorInfo carries the job's uuid."""
+    whose = "the call's deadline" if caller_deadline else "the gateway's default timeout"
+    if accepted:
+        text = (
+            f"ZStack job {job_uuid} is still running; the gateway stopped waiting after {budget:.3g} s, "
+            f"within {whose}. The job goes on inside ZStack: repeat the call with the same request_id "
+            "to get its result"
+        )
+    else:
+        text = (
+            f"ZStack did not confirm job {job_uuid} within {whose} (the gateway waited {budget:.3g} s); "
+            "it may run: repeat the call with the same request_id to find out"
+        )
+    err = _gateway(grpc.StatusCode.DEADLINE_EXCEEDED, Reason.ZSTACK_JOB_STILL_RUNNING, text)
+    err.info_metadata = {"jobUuid": job_uuid}
+    return err
 
 
 def unauthenticated(message: str) -> GatewayError:

@@ -46,6 +46,12 @@ LOG_ERROR_CHARS = 500
 DEADLINE_MARGIN = 0.05
 #: The services whose calls the interceptors wrap (health and reflection are left alone).
 PREFIX = "/zstack.v1."
+#: Methods whose initial metadata waits until ZStack accepted their job, so that it can carry the
+#: job's uuid (x-zstack-job-uuid); the servicer sends it then, or the status interceptor before
+#: an error status.
+DEFERRED_METADATA_METHODS = frozenset(
+    {"/zstack.v1.VmInstanceService/AttachIso", "/zstack.v1.VmInstanceService/DetachIso"}
+)
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
@@ -185,10 +191,8 @@ class TelemetryInterceptor(CallInterceptor):
         if self._metrics is not None:
             self._metrics.rpcs_in_flight.inc()
         try:
-            try:
-                await call.context.send_initial_metadata((("x-request-id", record.request_id),))
-            except Exception:  # the call is over already: grpc ended it (deadline, caller gone)
-                raise asyncio.CancelledError from None
+            if call.method not in DEFERRED_METADATA_METHODS:
+                await calls.send_initial_metadata(call.context, record)
             return await proceed()
         except asyncio.CancelledError:
             if record.code == grpc.StatusCode.OK:  # ended before the status interceptor saw it
@@ -236,6 +240,7 @@ def _finish(record: calls.CallRecord) -> None:
             "upstream_requests": record.upstream_requests,
             "coalesced": record.coalesced,
             "images": record.images,
+            "zstack_job": record.job_uuid,
             # Cut: a verbose (or hostile) ZStack error must not make huge log lines.
             "error": failure.message[:LOG_ERROR_CHARS] if failure is not None else None,
         },
@@ -292,6 +297,13 @@ class StatusInterceptor(CallInterceptor):
                 _record(record, ended, None)
                 raise asyncio.CancelledError from None
             _record(record, failure.code, failure)
+            if record is not None and not record.initial_metadata_sent:
+                job = (
+                    (("x-zstack-job-uuid", record.job_uuid),)
+                    if record.job_uuid and record.job_accepted
+                    else ()
+                )
+                await calls.send_initial_metadata(call.context, record, *job)
             await self._send(call.context, status.to_grpc_status(failure))
 
     async def _send(self, context: _Context, sent: grpc.Status) -> NoReturn:

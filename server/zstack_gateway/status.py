@@ -105,6 +105,8 @@ def _error_info(err: GatewayError) -> error_details_pb2.ErrorInfo:
         info.metadata["zstackGlobalCode"] = _cut_bytes(err.error_code.global_error_code, MAX_CODE_BYTES)
     if err.http_status is not None:
         info.metadata["httpStatus"] = str(err.http_status)
+    for key, value in list(err.info_metadata.items())[:8]:
+        info.metadata[_cut_bytes(key, 64)] = _cut_bytes(value, MAX_CODE_BYTES)
     return info
 
 

@@ -38,13 +38,14 @@ import dataclasses
 import json
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from json.scanner import make_scanner
 from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
 import orjson
+from google.protobuf.message import Message
 
 from zstack_gateway import errors, translate
 from zstack_gateway.budget import Account
@@ -231,6 +232,9 @@ class _Seal:
 class ImageStream:
     """ZStack's answer, checked for shape, built lazily into stream messages for one or more readers.
 
+    ``translate_item`` turns one item of ``inventories`` into its message (an image by default; a
+    VM for GetCandidateVm, whose response frames its list as field 1 too).
+
     ``account`` holds the body's bytes against the memory budget; the stream adds its messages to it
     and releases both as it lets them go. ``shared_by``: the task whose result this stream is, when
     coalesced calls may still join it through that task; until the task is gone, messages every
@@ -245,7 +249,9 @@ class ImageStream:
         account: Account | None = None,
         *,
         shared_by: asyncio.Task[Any] | None = None,
+        translate_item: Callable[[Any, ZoneInfo, str], Message] = translate.image_from_json,
     ) -> None:
+        self._translate_item = translate_item
         self._account = account
         self._body_bytes = len(body)
         self._items: Iterator[Any] | None = None
@@ -365,7 +371,7 @@ class ImageStream:
                         break
                     at = index
                     index += 1
-                    data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
+                    data = self._translate_item(item, tz, f"inventories[{at}]").SerializeToString()
                     header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
                 length = len(header) + len(data)
                 if size + length > CHUNK_BYTES:

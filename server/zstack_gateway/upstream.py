@@ -30,18 +30,19 @@ from zstack_gateway.budget import Account, MemoryBudget
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.retry import DEFAULT_RETRY, RetryPolicy
 from zstack_gateway.telemetry import calls
-from zstack_gateway.validation import CandidateIsoQuery
+from zstack_gateway.validation import AttachIsoQuery, CandidateIsoQuery, CandidateVmQuery, DetachIsoQuery
 
-#: Error bodies larger than this are read in a worker thread (see _get_json).
+#: Error bodies larger than this are read in a worker thread (see _request).
 OFF_LOOP_ERROR_BYTES = 1024 * 1024
 
 
 class Reply(NamedTuple):
     """An answer's body as it came, not parsed, and the account that holds its bytes against the
-    gateway's memory budget until the calls that use it are done with them."""
+    gateway's memory budget until the calls that use it are done with them; its HTTP status."""
 
     body: bytearray
     account: Account
+    status: int = 200
 
     @property
     def size(self) -> int:
@@ -154,6 +155,16 @@ class ZStackClient:
         """ZStack's API path for the query, without the /zstack context and without the query string."""
         return f"/v1/vm-instances/{quote(query.vm_instance_uuid, safe='')}/iso-candidates"
 
+    def attach_iso_path(self, query: AttachIsoQuery) -> str:
+        """AttachIsoToVmInstance: ``POST /v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}``."""
+        vm, iso = quote(query.vm_instance_uuid, safe=""), quote(query.iso_uuid, safe="")
+        return f"/v1/vm-instances/{vm}/iso/{iso}"
+
+    def detach_iso_path(self, query: DetachIsoQuery) -> str:
+        """DetachIsoFromVmInstance: ``DELETE /v1/vm-instances/{vmInstanceUuid}/iso`` (isoUuid in the
+        query string)."""
+        return f"/v1/vm-instances/{quote(query.vm_instance_uuid, safe='')}/iso"
+
     def url_for(self, api_path: str, query: list[tuple[str, str]]) -> URL:
         text = self._base + "/zstack" + api_path + ("?" + urlencode(query, quote_via=quote) if query else "")
         # encoded=True: send exactly these bytes; yarl must not re-normalise the path.
@@ -164,7 +175,7 @@ class ZStackClient:
         why not. Never retried, never queued behind callers' requests."""
         deadline = Deadline.start(None, budget)
         try:
-            await self._get_json(
+            await self._request(
                 "/v1/management-nodes/ready", self.url_for("/v1/management-nodes/ready", []), {}, deadline
             )
         except errors.GatewayError as exc:
@@ -182,6 +193,68 @@ class ZStackClient:
         """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the body of a 200 answer."""
         return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline)
 
+    async def get_candidate_vms(
+        self, query: CandidateVmQuery, caller: CallerAuth, deadline: Deadline
+    ) -> Reply:
+        """``GET /zstack/v1/images/iso/{isoUuid}/vm-candidates``: the body of a 200 answer."""
+        api_path = f"/v1/images/iso/{quote(query.iso_uuid, safe='')}/vm-candidates"
+        return await self.get(api_path, query.query_pairs(), caller, deadline)
+
+    async def submit(
+        self,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes | None,
+        job_uuid: str,
+        caller: CallerAuth,
+        deadline: Deadline,
+    ) -> Reply:
+        """One request of an async API, carrying ``X-Job-UUID: job_uuid``: the body of its 202.
+
+        A transport failure (refused, reset, closed before the answer, a proxy's 502/503/504) is
+        retried with the *same* job uuid: ZStack runs a job uuid at most once and refuses a repeat
+        with 400 ``Duplicate job uuid`` (errors.Reason.ZSTACK_DUPLICATE_JOB), which the caller of
+        this method takes for "already accepted". No X-API-Timeout is sent: the job's own timeout
+        (ZStack's, 30 min by default) is not the caller's wait, which may end before the job does.
+        """
+        url = self.url_for(api_path, query)
+
+        async def attempt() -> Reply:
+            headers = await self._credentials.headers(caller, method, api_path)
+            headers["X-Job-UUID"] = job_uuid
+            if body is not None:
+                headers["Content-Type"] = "application/json;charset=UTF-8"
+            try:
+                return await self._limited(
+                    api_path, url, headers, deadline, caller.identity, method=method, data=body, ok=(202,)
+                )
+            except errors.GatewayError as exc:
+                if exc.reason == errors.Reason.UPSTREAM_UNAVAILABLE:
+                    exc.retryable = True  # the same job uuid: ZStack never runs it twice
+                raise
+
+        return await self._retry.run(attempt, deadline)
+
+    async def poll_job(
+        self, job_uuid: str, caller: CallerAuth, deadline: Deadline, api_path: str = ""
+    ) -> Reply:
+        """``GET /zstack/v1/api-jobs/{uuid}`` on the configured ZStack (never the host a 202's
+        ``location`` names): a 200 (the job's result) or a 202 (still running) reply. A 503 (the job
+        failed) or a 404 (the job is unknown or purged) is raised as its GatewayError. ``api_path``:
+        the job's API, whose metric label (``<label> job``) the polls are counted under."""
+        label = f"{api_label(api_path)} job" if api_path else None
+        poll_path = f"/v1/api-jobs/{quote(job_uuid, safe='')}"
+        url = self.url_for(poll_path, [])
+
+        async def attempt() -> Reply:
+            headers = await self._credentials.headers(caller, "GET", poll_path)
+            return await self._limited(
+                poll_path, url, headers, deadline, caller.identity, ok=(200, 202), label=label
+            )
+
+        return await self._retry.run(attempt, deadline)
+
     async def get(
         self, api_path: str, query: list[tuple[str, str]], caller: CallerAuth, deadline: Deadline
     ) -> Reply:
@@ -191,7 +264,7 @@ class ZStackClient:
 
         async def attempt() -> Reply:
             headers = await self._credentials.headers(caller, "GET", api_path)
-            return await self._limited(api_path, url, headers, deadline, caller.identity)
+            return await self._limited(api_path, url, headers, deadline, caller.identity, api_timeout=True)
 
         try:
             return await self._retry.run(attempt, deadline)
@@ -203,7 +276,18 @@ class ZStackClient:
         return await self._retry.run(attempt, deadline)
 
     async def _limited(
-        self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline, identity: str
+        self,
+        api_path: str,
+        url: URL,
+        headers: dict[str, str],
+        deadline: Deadline,
+        identity: str,
+        *,
+        method: str = "GET",
+        data: bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        api_timeout: bool = False,
+        label: str | None = None,
     ) -> Reply:
         """The request once the call holds a slot of its identity's share (when shares are on) and
         a global slot. Whatever ends the call (an answer, an error, a timeout, a cancellation at any
@@ -232,7 +316,17 @@ class ZStackClient:
                         self._max_per_identity, self._max_concurrent, wait
                     ) from None
                 raise errors.overloaded(self._max_concurrent, wait) from None
-            return await self._get_json(api_path, url, headers, deadline)
+            return await self._request(
+                api_path,
+                url,
+                headers,
+                deadline,
+                method=method,
+                data=data,
+                ok=ok,
+                api_timeout=api_timeout,
+                label=label,
+            )
         finally:
             # No await in here: nothing can interrupt the bookkeeping.
             if holds_global:
@@ -244,8 +338,21 @@ class ZStackClient:
                 if share.users == 0 and self._shares.get(identity) is share:
                     del self._shares[identity]
 
-    async def _get_json(self, api_path: str, url: URL, headers: dict[str, str], deadline: Deadline) -> Reply:
-        """One HTTP request; its outcome is recorded on the call (telemetry.calls) whatever it is."""
+    async def _request(
+        self,
+        api_path: str,
+        url: URL,
+        headers: dict[str, str],
+        deadline: Deadline,
+        *,
+        method: str = "GET",
+        data: bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        api_timeout: bool = True,
+        label: str | None = None,
+    ) -> Reply:
+        """One HTTP request; its outcome is recorded on the call (telemetry.calls) whatever it is.
+        A status outside ``ok`` is raised as the GatewayError errors.py classifies."""
         started = time.monotonic()
         status: int | None = None
         zstack_code: str | None = None
@@ -253,31 +360,46 @@ class ZStackClient:
         if metrics is not None:
             metrics.upstream_in_flight.inc()
         try:
-            status, reply = await self._send(url, headers, deadline)
-            if status != 200:
+            status, reply = await self._send(url, headers, deadline, method, data, api_timeout)
+            if status not in ok:
                 reply.account.close()
                 body = bytes(reply.body)
                 if len(body) > OFF_LOOP_ERROR_BYTES:
                     # Reading a large error body costs milliseconds per MB: off the event loop, so
                     # that other calls are not held up meanwhile.
                     error = await asyncio.to_thread(
-                        errors.from_http_response, status, body, deadline_sent=deadline.from_caller
+                        errors.from_http_response,
+                        status,
+                        body,
+                        deadline_sent=deadline.from_caller and api_timeout,
                     )
                 else:
-                    error = errors.from_http_response(status, body, deadline_sent=deadline.from_caller)
+                    error = errors.from_http_response(
+                        status, body, deadline_sent=deadline.from_caller and api_timeout
+                    )
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
             if metrics is not None:
                 metrics.upstream_in_flight.dec()
-            calls.record_upstream(api_label(api_path), status, zstack_code, time.monotonic() - started)
+            calls.record_upstream(
+                label or api_label(api_path), status, zstack_code, time.monotonic() - started
+            )
         return reply
 
-    async def _send(self, url: URL, headers: dict[str, str], deadline: Deadline) -> tuple[int, Reply]:
+    async def _send(
+        self,
+        url: URL,
+        headers: dict[str, str],
+        deadline: Deadline,
+        method: str = "GET",
+        data: bytes | None = None,
+        api_timeout: bool = True,
+    ) -> tuple[int, Reply]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
         headers = {**headers, **calls.upstream_headers(), "Accept": "application/json"}
-        if deadline.from_caller:
+        if deadline.from_caller and api_timeout:
             # Tell ZStack the caller's deadline, so it gives up on its side too. A ZStack timeout
             # (SYS.1001) then means the caller's deadline ran out.
             headers["X-API-Timeout"] = str(max(1, math.ceil(deadline.remaining())))
@@ -285,8 +407,11 @@ class ZStackClient:
         try:
             async with asyncio.timeout(budget):
                 with transport.mapped_errors(url):
-                    async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                        return resp.status, await self._read_body(resp)
+                    async with self._session.request(
+                        method, url, headers=headers, data=data, allow_redirects=False
+                    ) as resp:
+                        reply = await self._read_body(resp)
+                        return resp.status, reply._replace(status=resp.status)
         except TimeoutError as exc:
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from exc
 

@@ -16,14 +16,18 @@ JSON body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid as uuid_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zstack_sim import iso_ops
 from zstack_sim.auth import AccessKeyCredentials, Credentials, parse_authorization, signature_matches
 from zstack_sim.data import Vm
+from zstack_sim.jobs import Job
 from zstack_sim.params import FieldKind, RestError, java_trim, parse_java_long, parse_query_params, rest_error
 from zstack_sim.replies import Reply, json_reply, text_reply, zstack_error
 from zstack_sim.routing import Route, RouteMatch
@@ -53,6 +57,21 @@ _SPECS: dict[Route, _ApiSpec] = {
         "",
         False,
     ),
+    Route.ATTACH_ISO: _ApiSpec(
+        "org.zstack.header.vm.APIAttachIsoToVmInstanceMsg",
+        {"vmInstanceUuid": "str", "isoUuid": "str", **_TAGS},
+        "null",  # the message's @RestRequest has no parameterName: the body key is literally "null"
+        False,
+    ),
+    Route.DETACH_ISO: _ApiSpec(
+        "org.zstack.header.vm.APIDetachIsoFromVmInstanceMsg",
+        {"vmInstanceUuid": "str", "isoUuid": "str", **_TAGS},
+        "null",
+        False,
+    ),
+    Route.CANDIDATE_VMS: _ApiSpec(
+        "org.zstack.header.vm.APIGetCandidateVmForAttachingIsoMsg", {"isoUuid": "str", **_TAGS}, "", False
+    ),
     Route.LOGIN: _ApiSpec(
         "org.zstack.header.identity.APILogInByAccountMsg",
         {
@@ -76,6 +95,14 @@ _SPECS: dict[Route, _ApiSpec] = {
         "org.zstack.header.apimediator.APIIsReadyToGoMsg", {"managementNodeId": "str", **_TAGS}, "", True
     ),
 }
+#: The async APIs: answered 202 with a job (see zstack_sim.jobs).
+_ASYNC: dict[Route, str] = {
+    Route.ATTACH_ISO: "AttachIsoToVmInstance",
+    Route.DETACH_ISO: "DetachIsoFromVmInstance",
+}
+#: The timeout a 202 announces (``apiTimeout``, ms) without X-API-Timeout: ZStack's 30 min default
+#: for these APIs (global config category apiTimeout).
+DEFAULT_API_TIMEOUT_MS = 1_800_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +126,8 @@ class Call:
     vm: Vm | None = None
     # The request-log entry, to record the parsed parameters in.
     log_entry: dict[str, Any] | None = None
+    # The job an async API's call started.
+    job: Job | None = None
 
     @property
     def cost_ms(self) -> int:
@@ -146,10 +175,13 @@ class ZStackApi:
         if route is Route.UNMAPPED:
             return text_reply(404, f"no api mapping to {call.match.path}")
         if route is Route.API_JOBS:
+            # No authentication is checked on a job query [SRC handleJobQuery].
             if call.incoming.method != "GET":
                 return text_reply(405, "only GET method is allowed for querying job status")
-            # The simulator runs no async jobs, so every job id is unknown or purged.
-            return text_reply(404, "the job has been expired")
+            job = self.state.jobs.get(call.match.variable or "")
+            if job is None:
+                return text_reply(404, "the job has been expired")
+            return job.reply if job.reply is not None else json_reply(202, {})
         if route is Route.OUTSIDE_V1:
             return _container_page(404, "Not Found", call.incoming.raw_path)
         try:
@@ -158,6 +190,18 @@ class ZStackApi:
             return err.reply
         if route is Route.ISO_CANDIDATES:
             return self._check_iso(call)
+        if route in _ASYNC:
+            self._submit(call, _ASYNC[route])
+            return None
+        if route is Route.CANDIDATE_VMS:
+            iso_uuid = java_trim(call.match.variable or "")
+            if iso_uuid not in self.state.data.images:
+                return zstack_error(
+                    "SYS.1003",
+                    f"invalid field[isoUuid], resource[uuid:{iso_uuid}, type:ImageVO] not found",
+                    cost_ms=call.cost_ms,
+                )
+            return self._check_credentials(call)
         if route is Route.LOGIN:
             return self._check_login(call)
         if route is Route.READY and not self.state.config.ready:
@@ -186,11 +230,21 @@ class ZStackApi:
             # [INF] A non-object parameter fails the server's type checks; we treat it as absent,
             # which then fails validation (503 SYS.1007) like a missing one.
             call.params = dict(parameter) if isinstance(parameter, dict) else {}
+            if spec.parameter_name == "null":
+                # Top-level tags apply after the "null" map is rehashed (`{"params": ...}` is ignored).
+                call.params.update({k: body[k] for k in _TAGS if k in body})
         if call.log_entry is not None:
             call.log_entry["params"] = dict(call.params)
         job_uuid = incoming.headers.get("X-Job-UUID")
         if job_uuid is not None and len(job_uuid) != 32:
             raise rest_error(400, "Invalid header[X-Job-UUID], it must be a UUID with '-' stripped")
+        if (
+            job_uuid is not None
+            and incoming.method in ("POST", "PUT", "DELETE")
+            and self.state.jobs.exists(job_uuid)
+        ):
+            # Refused, not replayed, while the job's row exists (running, or done and not purged).
+            raise rest_error(400, f"Duplicate job uuid[{job_uuid}]")
         api_timeout = incoming.headers.get("X-API-Timeout")
         if api_timeout is not None and parse_java_long(api_timeout) is None:
             # NumberFormatException from Long.parseLong, caught by the servlet's catch-all [SRC/INF].
@@ -208,6 +262,78 @@ class ZStackApi:
             )
         call.vm = vm
         return self._check_credentials(call)
+
+    # --- async APIs -----------------------------------------------------------------------------------
+
+    def _submit(self, call: Call, api: str) -> None:
+        """Accept an async API's call: its job exists from now on (a connection reset before the 202
+        leaves it running) and runs its checks and its change when its time is up."""
+        job_uuid = call.incoming.headers.get("X-Job-UUID") or uuid_module.uuid4().hex
+        job = self.state.jobs.create(job_uuid, api, call.incoming.method, call.incoming.raw_path)
+        call.job = job
+        seconds = self.state.job_timing(call.incoming.raw_path)
+        if seconds is not None:
+            asyncio.get_running_loop().call_later(seconds, self._run_job, call, job)
+
+    def _run_job(self, call: Call, job: Job) -> None:
+        if self.state.jobs.jobs.get(job.uuid) is not job:
+            return  # the simulator was reset meanwhile: the job and its data are gone
+        route = call.match.route
+        variables = call.match.variables
+        vm_uuid = java_trim(variables[0]) if variables else ""
+
+        def credentials(vm: Vm) -> Reply | None:
+            return self._check_credentials(call) or self._check_owner(call, vm)
+
+        if route is Route.ATTACH_ISO:
+            iso_uuid = java_trim(variables[1]) if len(variables) > 1 else ""
+            reply = iso_ops.attach_iso(
+                self.state, vm_uuid, iso_uuid, call.params.get("systemTags"), credentials, call.cost_ms
+            )
+        else:
+            iso = call.params.get("isoUuid")
+            reply = iso_ops.detach_iso(
+                self.state, vm_uuid, iso if isinstance(iso, str) else None, credentials, call.cost_ms
+            )
+        self.state.jobs.finish(job, reply)
+
+    def _check_owner(self, call: Call, vm: Vm) -> Reply | None:
+        """``AccountAPIRequestChecker``: a Normal account may only touch its own VMs (ID.1002)."""
+        data = self.state.data
+        creds = call.credentials
+        if isinstance(creds, AccessKeyCredentials):
+            key = data.access_keys.get(creds.key_id)
+            account_uuid = key.account_uuid if key is not None else None
+        else:
+            session = data.sessions.get(creds.session_uuid if creds is not None else "")
+            account_uuid = session.account_uuid if session is not None else None
+        account = data.accounts.get(account_uuid or "")
+        if account is None or account.type == "SystemAdmin":
+            return None
+        owner_uuid = vm.account_uuid or next(
+            (a.uuid for a in data.accounts.values() if a.type == "SystemAdmin"), ""
+        )
+        if owner_uuid == account.uuid:
+            return None
+        owner = data.accounts.get(owner_uuid)
+        return zstack_error(
+            "ID.1002",
+            f"operation denied. The resource[uuid: {vm.uuid}, type: VmInstanceVO,ownerAccountName:"
+            f"{owner.name if owner is not None else ''}, ownerAccountUuid:{owner_uuid}] doesn't belong to "
+            f"the account[uuid: {account.uuid}]",
+            cost_ms=call.cost_ms,
+        )
+
+    def _accepted(self, call: Call) -> Reply:
+        """202 ``{"apiTimeout": ms, "location": ...}`` (key order computed, iso-workflow §3)."""
+        assert call.job is not None
+        timeout = call.incoming.headers.get("X-API-Timeout")
+        seconds = parse_java_long(timeout) if timeout is not None else None
+        body = {
+            "apiTimeout": seconds * 1000 if seconds is not None else DEFAULT_API_TIMEOUT_MS,
+            "location": f"http://{self.state.config.job_host}/zstack/v1/api-jobs/{call.job.uuid}",
+        }
+        return json_reply(202, body)
 
     def _check_credentials(self, call: Call) -> Reply | None:
         creds = call.credentials
@@ -263,6 +389,11 @@ class ZStackApi:
         route = call.match.route
         if route is Route.ISO_CANDIDATES:
             return self._answer_iso(call)
+        if route in _ASYNC:
+            return self._accepted(call)
+        if route is Route.CANDIDATE_VMS:
+            vms = iso_ops.candidate_vms(self.state, java_trim(call.match.variable or ""))
+            return json_reply(200, {"inventories": [self.state.vm_json(vm) for vm in vms]})
         if route is Route.LOGIN:
             return self._answer_login(call)
         if route is Route.LOGOUT:

@@ -23,7 +23,11 @@ All bodies are JSON (``Content-Type: application/json``); a bad request gets 400
 ``GET /_sim/clock``                     ``{"offset": s, "now": epoch}``
 ``POST /_sim/clock``                    ``{"advance": s}`` or ``{"offset": s}``: move the MN clock
                                         (session expiry, login dates, AccessKey Date checks)
-``PATCH|POST /_sim/vms/{uuid}``         ``{"state": "...", "candidates": [...]}``: change a VM
+``PATCH|POST /_sim/vms/{uuid}``         ``{"state": "...", "candidates": [...], "cdRoms": n}``:
+                                        change a VM (``cdRoms``: how many CD-ROMs it has)
+``GET /_sim/vms/{uuid}``                the VM's VmInstanceInventory as ZStack would send it
+``GET /_sim/jobs``                      async jobs: ``jobs`` (uuid, api, method, path, done,
+                                        status) and ``accepted`` (every job uuid ever accepted)
 ``POST /_sim/reset``                    initial data and config back; faults, log, stats, clock cleared
 ======================================  ========================================================
 """
@@ -36,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from zstack_sim.data import CdRom, derived_uuid
 from zstack_sim.faults import FaultSpecError
 from zstack_sim.state import ConfigError, SimState
 
@@ -151,9 +156,25 @@ class _Control:
             isinstance(c, str) and c in self.state.data.images for c in candidates
         ):
             return _bad("'candidates' must be a list of known image uuids")
+        drives = body.get("cdRoms", len(vm.drives))
+        if isinstance(drives, bool) or not isinstance(drives, int) or not 0 <= drives <= 3:
+            return _bad("'cdRoms' must be an integer 0..3 (vm.maximumCdRomNum)")
         vm.state = state
         vm.candidates = list(candidates)
+        roms = vm.drives[:drives]
+        for device in range(len(roms), drives):
+            roms.append(CdRom(derived_uuid(vm.uuid, f"cdrom-{device}"), device))
+        vm.cd_roms = roms
         return web.json_response({"uuid": vm.uuid, "state": vm.state, "candidates": vm.candidates})
+
+    async def get_vm(self, request: web.Request) -> web.Response:
+        vm = self.state.data.vms.get(request.match_info["uuid"])
+        if vm is None:
+            return _bad(f"no vm {request.match_info['uuid']}", 404)
+        return web.json_response(self.state.vm_json(vm))
+
+    async def get_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.jobs.to_json())
 
     async def reset(self, request: web.Request) -> web.Response:
         self.state.reset()
@@ -181,6 +202,8 @@ def add_routes(app: web.Application, state: SimState) -> None:
         ("POST", "/_sim/clock", c.set_clock),
         ("PATCH", "/_sim/vms/{uuid}", c.patch_vm),
         ("POST", "/_sim/vms/{uuid}", c.patch_vm),
+        ("GET", "/_sim/vms/{uuid}", c.get_vm),
+        ("GET", "/_sim/jobs", c.get_jobs),
         ("POST", "/_sim/reset", c.reset),
     ]
     for method, path, handler in table:

@@ -68,14 +68,41 @@ class SimControl:
         """What ``/zstack/v1/management-nodes/ready`` says from now on."""
         self.call("POST", "/_sim/ready", {"ready": ready})
 
-    def set_vm(self, uuid: str, *, state: str | None = None, candidates: Iterable[str] | None = None) -> None:
-        """Change a VM's state or its ISO candidates (image uuids the data knows, in reply order)."""
+    def set_vm(
+        self,
+        uuid: str,
+        *,
+        state: str | None = None,
+        candidates: Iterable[str] | None = None,
+        cd_roms: int | None = None,
+    ) -> None:
+        """Change a VM's state, its ISO candidates (image uuids the data knows, in reply order) or
+        its number of CD-ROMs (0..3; new ones are empty)."""
         change: dict[str, object] = {}
+        if cd_roms is not None:
+            change["cdRoms"] = cd_roms
         if state is not None:
             change["state"] = state
         if candidates is not None:
             change["candidates"] = list(candidates)
         self.call("POST", f"/_sim/vms/{uuid}", change)
+
+    def vm(self, uuid: str) -> dict[str, Any]:
+        """The VM's VmInstanceInventory as the simulated ZStack would send it."""
+        result: dict[str, Any] = self.call("GET", f"/_sim/vms/{uuid}")
+        return result
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The async jobs the simulator holds (``uuid``, ``api``, ``method``, ``path``, ``done``,
+        ``status``), oldest first."""
+        result: list[dict[str, Any]] = self.call("GET", "/_sim/jobs")["jobs"]
+        return result
+
+    def accepted_jobs(self) -> list[str]:
+        """The uuid of every async job accepted since the last reset, in order (purged ones too):
+        how many times a mutation was executed."""
+        result: list[str] = self.call("GET", "/_sim/jobs")["accepted"]
+        return result
 
     def advance_clock(self, seconds: float) -> None:
         """Move the management node's clock forward (session expiry, login dates, AccessKey dates)."""

@@ -6,7 +6,9 @@ omitted::
 
     {
       "managementNodeUuid": "<32 hex>",               // optional; used in SYS.1010 details
-      "accounts":   [{"uuid": "<32 hex>", "name": "admin", "password": "password"}],
+      "accounts":   [{"uuid": "<32 hex>", "name": "admin", "password": "password",
+                      "type": "SystemAdmin"}],                     // optional; default: SystemAdmin
+                                                                    // for "admin", else Normal
       "accessKeys": [{"id": "<AccessKeyId>", "secret": "<AccessKeySecret>", "accountUuid": "<32 hex>"}],
       "sessions":   [{"uuid": "<32 hex>", "accountUuid": "<32 hex>",
                       "createDate": "2024-05-01T09:00:00+08:00",   // optional, default: load time
@@ -15,7 +17,12 @@ omitted::
       "vms":        [{"uuid": "<32 hex>", "name": "vm1", "state": "Running",
                       "architecture": "x86_64",                     // optional, informational
                       "note": "what this VM is for",                // optional, shown in the table
-                      "candidates": ["<image uuid>", ...]}],        // reply order for iso-candidates
+                      "candidates": ["<image uuid>", ...],         // reply order for iso-candidates
+                      "accountUuid": "<32 hex>",                    // optional owner; default: the
+                                                                    // first SystemAdmin account
+                      "cdRoms": [{"uuid": "<32 hex>", "deviceId": 0,   // optional; default: one
+                                  "isoUuid": "<image uuid>",       // empty CD-ROM (ZStack's
+                                  "isoInstallPath": "...", "protocol": "..."}]}],  // vm.vmDefaultCdRomNum)
       "images":     [ImageInventory, ...]
     }
 
@@ -30,6 +37,8 @@ omitted::
   ``id`` (real servers send the DB id).
 * Dates in ``sessions`` use the same date forms.
 * Every image a VM lists in ``candidates`` must exist in ``images``.
+* The candidate VMs of an ISO (``GetCandidateVmForAttachingIso``) are the Running and Stopped VMs that
+  list it in ``candidates``, in data order (a simplification of ZStack's storage-based rule).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ __all__ = [
     "REF_FIELDS",
     "AccessKey",
     "Account",
+    "CdRom",
     "DataError",
     "Session",
     "SimData",
@@ -110,6 +120,12 @@ class Account:
     uuid: str
     name: str
     password: str
+    #: "SystemAdmin" or "Normal"; default: "SystemAdmin" for the account named admin.
+    type: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            self.type = "SystemAdmin" if self.name == "admin" else "Normal"
 
     @property
     def password_hash(self) -> str:
@@ -143,6 +159,28 @@ LISTING_STATES = ("Running", "Stopped")
 
 
 @dataclass
+class CdRom:
+    """One CD-ROM of a VM (``VmCdRomVO``). Times are epoch seconds on the simulator's clock."""
+
+    uuid: str
+    device_id: int
+    iso_uuid: str | None = None
+    iso_install_path: str | None = None
+    protocol: str | None = None
+    last_op_at: float | None = None
+
+
+def default_cd_rom(vm_uuid: str) -> CdRom:
+    """The CD-ROM ZStack gives a new VM (``vm.vmDefaultCdRomNum`` = 1), its uuid derived from the VM's."""
+    return CdRom(derived_uuid(vm_uuid, "cdrom-0"), 0)
+
+
+def derived_uuid(base: str, kind: str) -> str:
+    """A stable 32-hex uuid for a resource of ``base`` that the data does not name (NIC, volume ...)."""
+    return hashlib.md5(f"{base}/{kind}".encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass
 class Vm:
     uuid: str
     name: str
@@ -152,9 +190,23 @@ class Vm:
     #: What the VM is for, in a word: ``zstack-sim --print-table`` shows it (see zstack_sim.table).
     note: str = ""
 
+    #: None: the default CD-ROM.
+    cd_roms: list[CdRom] | None = None
+    #: The owning account; None: the first SystemAdmin account.
+    account_uuid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cd_roms is None:
+            self.cd_roms = [default_cd_rom(self.uuid)]
+
     def listed_candidates(self) -> tuple[str, ...]:
         """The image uuids an iso-candidates call lists, in order (none unless Running or Stopped)."""
         return tuple(self.candidates) if self.state in LISTING_STATES else ()
+
+    @property
+    def drives(self) -> list[CdRom]:
+        """The CD-ROMs, by device id."""
+        return sorted(self.cd_roms or (), key=lambda c: c.device_id)
 
 
 @dataclass
@@ -206,7 +258,8 @@ class SimData:
         return {
             "managementNodeUuid": self.management_node_uuid,
             "accounts": [
-                {"uuid": a.uuid, "name": a.name, "password": a.password} for a in self.accounts.values()
+                {"uuid": a.uuid, "name": a.name, "password": a.password, "type": a.type}
+                for a in self.accounts.values()
             ],
             "accessKeys": [
                 {"id": k.id, "secret": k.secret, "accountUuid": k.account_uuid}
@@ -229,6 +282,17 @@ class SimData:
                     "architecture": v.architecture,
                     **({"note": v.note} if v.note else {}),
                     "candidates": list(v.candidates),
+                    "accountUuid": v.account_uuid,
+                    "cdRoms": [
+                        {
+                            "uuid": c.uuid,
+                            "deviceId": c.device_id,
+                            "isoUuid": c.iso_uuid,
+                            "isoInstallPath": c.iso_install_path,
+                            "protocol": c.protocol,
+                        }
+                        for c in v.drives
+                    ],
                 }
                 for v in self.vms.values()
             ],
@@ -320,8 +384,11 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
     if isinstance(doc.get("managementNodeUuid"), str):
         data.management_node_uuid = doc["managementNodeUuid"]
     for where, a in _objects(doc, "accounts"):
+        kind = a.get("type", "")
+        if not isinstance(kind, str) or kind not in ("", "SystemAdmin", "Normal"):
+            raise DataError(f"{where}: 'type' must be SystemAdmin or Normal")
         account = Account(
-            _req_str(a, "uuid", where), _req_str(a, "name", where), _req_str(a, "password", where)
+            _req_str(a, "uuid", where), _req_str(a, "name", where), _req_str(a, "password", where), kind
         )
         data.accounts[account.uuid] = account
     for where, k in _objects(doc, "accessKeys"):
@@ -354,10 +421,44 @@ def data_from_json(doc: Any, tz: tzinfo, now: float) -> SimData:
             candidates=list(candidates),
             architecture=arch if isinstance(arch, str) else "x86_64",
             note=note if isinstance(note, str) else "",
+            cd_roms=_cd_roms(v, where),
+            account_uuid=v.get("accountUuid") if isinstance(v.get("accountUuid"), str) else None,
         )
         data.vms[vm.uuid] = vm
     data.validate()
     return data
+
+
+def _cd_roms(vm: dict[str, Any], where: str) -> list[CdRom] | None:
+    if "cdRoms" not in vm:
+        return None
+    entries = vm["cdRoms"]
+    if not isinstance(entries, list):
+        raise DataError(f"{where}: 'cdRoms' must be a list")
+    out: list[CdRom] = []
+    for j, c in enumerate(entries):
+        here = f"{where}.cdRoms[{j}]"
+        if not isinstance(c, dict):
+            raise DataError(f"{here} must be an object")
+        device = c.get("deviceId", j)
+        if isinstance(device, bool) or not isinstance(device, int):
+            raise DataError(f"{here}: 'deviceId' must be an integer")
+        optional = {}
+        for key in ("isoUuid", "isoInstallPath", "protocol"):
+            value = c.get(key)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{here}: '{key}' must be a string or null")
+            optional[key] = value
+        out.append(
+            CdRom(
+                _req_str(c, "uuid", here),
+                device,
+                optional["isoUuid"],
+                optional["isoInstallPath"],
+                optional["protocol"],
+            )
+        )
+    return out
 
 
 def load_data(path: str | Path, *, tz: tzinfo | str = "Asia/Shanghai") -> SimData:

@@ -7,6 +7,8 @@
   Stopped, answers ``{"inventories":[]}``.
 * ``DEMO_EMPTY_VM_UUID`` (Running): no candidates.
 * ``DEMO_MISSING_VM_UUID``: not in the data (503 SYS.1003).
+* Every VM has ZStack's one default CD-ROM, empty. ``DEMO_ISO_UUID`` (CentOS 7) has two candidate
+  VMs (``GetCandidateVmForAttachingIso``): the running and the stopped one.
 * ``DEMO_SESSION_UUID``: a session of ``admin`` that never expires by time (it can still be expired
   through the control plane or logged out; ``POST /_sim/reset`` brings it back).
 """
@@ -37,6 +39,10 @@ _CENTOS = "30bb7b0024d541f08c203131764671be"
 _UBUNTU = "c060b14c65874d4898e3748f34a25217"
 _KYLIN = "6fce72a12964440ea6fa62b8e43f9976"
 _WINDOWS = "a4ca6c4bc78840a8bcc3ac5172d7ccd4"
+#: An ISO (CentOS 7) that the running and the stopped demo VMs list as a candidate, for the
+#: attach/detach walk-through; and a second one (Ubuntu).
+DEMO_ISO_UUID = _CENTOS
+DEMO_SECOND_ISO_UUID = _UBUNTU
 # Candidate order of DEMO_VM_UUID.
 DEMO_IMAGE_UUIDS: tuple[str, ...] = (DEMO_SEED_IMAGE_UUID, _CENTOS, _UBUNTU, _KYLIN, _WINDOWS)
 

@@ -30,6 +30,12 @@ Actions and their fields:
 * ``truncate``: the normal reply with its body cut in half and a Content-Length matching the cut body
   (so the JSON is invalid).
 * ``delay_only``: only the delay, then normal handling.
+* ``job``: for async APIs (attach, detach; default path: both), how long the job the request starts
+  runs: ``seconds`` (default: the configured ``job_seconds``), or ``"never": true`` for a job that
+  never finishes (its poll answers 202 forever, as for a job lost with its management node). The
+  request itself is answered normally (202). To break the connection *after* a job was accepted and
+  before the 202 goes out, use ``reset`` with ``"after_auth": true`` on an async API's path; with
+  ``after_auth`` false the reset comes before the job exists.
 
 Anything that waits forever ends when the client goes away or the simulator stops.
 """
@@ -43,6 +49,8 @@ from typing import Any
 __all__ = ["ACTIONS", "DEFAULT_PATH", "FaultBook", "FaultRule", "FaultSpecError"]
 
 DEFAULT_PATH = r"^/zstack/v1/vm-instances/[^/]+/iso-candidates$"
+#: The default path of ``job`` rules: attach and detach.
+JOB_DEFAULT_PATH = r"^/zstack/v1/vm-instances/[^/]+/iso(/[^/]+)?$"
 ACTIONS = frozenset(
     {
         "respond",
@@ -54,6 +62,7 @@ ACTIONS = frozenset(
         "hang",
         "truncate",
         "delay_only",
+        "job",
     }
 )
 # Actions that reshape the normal reply rather than replace it.
@@ -115,6 +124,10 @@ def _check_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
         status = params.get("status", 503)
         if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
             raise FaultSpecError("'status' must be an integer in 100..599")
+    elif action == "job":
+        _number(params, "seconds", 0.0)
+        if not isinstance(params.get("never", False), bool):
+            raise FaultSpecError("'never' must be a boolean")
     elif action == "drip" and _number(params, "interval", 0.5) <= 0:
         raise FaultSpecError("'interval' must be > 0")
     return params
@@ -126,7 +139,7 @@ def parse_rule(spec: Any, rule_id: int) -> FaultRule:
     action = spec.get("action")
     if action not in ACTIONS:
         raise FaultSpecError(f"'action' must be one of {sorted(ACTIONS)}")
-    pattern = spec.get("path", DEFAULT_PATH)
+    pattern = spec.get("path", JOB_DEFAULT_PATH if action == "job" else DEFAULT_PATH)
     if not isinstance(pattern, str):
         raise FaultSpecError("'path' must be a regular expression string")
     try:
@@ -176,12 +189,22 @@ class FaultBook:
     def take(self, path: str, *, after_auth: bool) -> FaultRule | None:
         """The first rule for this stage whose regex matches ``path``; uses up one of its times."""
         for rule in self._rules:
-            if rule.after_auth == after_auth and rule.path.search(path):
-                rule.used += 1
-                if rule.times is not None and rule.used >= rule.times:
-                    self._rules.remove(rule)
-                return rule
+            if rule.action != "job" and rule.after_auth == after_auth and rule.path.search(path):
+                return self._use(rule)
         return None
+
+    def take_job(self, path: str) -> FaultRule | None:
+        """The first ``job`` rule whose regex matches ``path``; uses up one of its times."""
+        for rule in self._rules:
+            if rule.action == "job" and rule.path.search(path):
+                return self._use(rule)
+        return None
+
+    def _use(self, rule: FaultRule) -> FaultRule:
+        rule.used += 1
+        if rule.times is not None and rule.used >= rule.times:
+            self._rules.remove(rule)
+        return rule
 
     def to_json(self) -> list[dict[str, Any]]:
         return [rule.to_json() for rule in self._rules]

@@ -20,6 +20,9 @@ CONTEXT = "/zstack"
 
 class Route(enum.Enum):
     ISO_CANDIDATES = "iso_candidates"
+    ATTACH_ISO = "attach_iso"
+    DETACH_ISO = "detach_iso"
+    CANDIDATE_VMS = "candidate_vms"
     LOGIN = "login"
     LOGOUT = "logout"
     VALIDATE_SESSION = "validate_session"
@@ -32,6 +35,9 @@ class Route(enum.Enum):
 # Pattern -> route, in the API table's normalized form ({0} = one path variable).
 _API_PATTERNS: dict[str, Route] = {
     "/v1/vm-instances/{0}/iso-candidates": Route.ISO_CANDIDATES,
+    "/v1/vm-instances/{0}/iso/{1}": Route.ATTACH_ISO,
+    "/v1/vm-instances/{0}/iso": Route.DETACH_ISO,
+    "/v1/images/iso/{0}/vm-candidates": Route.CANDIDATE_VMS,
     "/v1/accounts/login": Route.LOGIN,
     "/v1/accounts/sessions/{0}": Route.LOGOUT,
     "/v1/accounts/sessions/{0}/valid": Route.VALIDATE_SESSION,
@@ -47,6 +53,8 @@ class RouteMatch:
     path: str
     # The path variable ({0}), if the pattern has one.
     variable: str | None = None
+    # Every path variable ({0}, {1} ...), in order.
+    variables: tuple[str, ...] = ()
 
 
 def decode_path(raw_path: str) -> str:
@@ -54,22 +62,22 @@ def decode_path(raw_path: str) -> str:
     return unquote_plus(raw_path, encoding="utf-8", errors="replace")
 
 
-def _ant_match(pattern: str, path: str) -> tuple[bool, str | None]:
+def _ant_match(pattern: str, path: str) -> tuple[bool, tuple[str, ...]]:
     if path.startswith("/") != pattern.startswith("/"):
-        return False, None
+        return False, ()
     if path.endswith("/") and not pattern.endswith("/"):
-        return False, None
+        return False, ()
     pattern_tokens = [t for t in pattern.split("/") if t]
     path_tokens = [t for t in path.split("/") if t]
     if len(pattern_tokens) != len(path_tokens):
-        return False, None
-    variable = None
+        return False, ()
+    variables: list[str] = []
     for want, have in zip(pattern_tokens, path_tokens, strict=True):
-        if want == "{0}":
-            variable = have
+        if want.startswith("{") and want.endswith("}"):
+            variables.append(have)
         elif want != have:
-            return False, None
-    return True, variable
+            return False, ()
+    return True, tuple(variables)
 
 
 def match_route(context_path: str) -> RouteMatch:
@@ -77,14 +85,14 @@ def match_route(context_path: str) -> RouteMatch:
     path = context_path
     if not (path == "/v1" or path.startswith("/v1/")):
         return RouteMatch(Route.OUTSIDE_V1, path)
-    ok, variable = _ant_match(_ASYNC_JOB_PATTERN, path)
+    ok, variables = _ant_match(_ASYNC_JOB_PATTERN, path)
     if ok:
-        return RouteMatch(Route.API_JOBS, path, variable)
+        return RouteMatch(Route.API_JOBS, path, variables[0], variables)
     exact = _API_PATTERNS.get(path)
     if exact is not None:
         return RouteMatch(exact, path)
     for pattern, route in _API_PATTERNS.items():
-        ok, variable = _ant_match(pattern, path)
+        ok, variables = _ant_match(pattern, path)
         if ok:
-            return RouteMatch(route, path, variable)
+            return RouteMatch(route, path, variables[0] if variables else None, variables)
     return RouteMatch(Route.UNMAPPED, path)

@@ -10,9 +10,11 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from zstack_sim import gson
-from zstack_sim.data import SimData, render_image
+from zstack_sim.data import SimData, Vm, render_image
 from zstack_sim.faults import FaultBook
+from zstack_sim.jobs import JobStore
 from zstack_sim.sessions import SessionStore
+from zstack_sim.vms import ZONE_UUID, render_vm
 
 __all__ = ["ConfigError", "RequestLog", "SimConfig", "SimState", "Stats"]
 
@@ -37,6 +39,13 @@ class SimConfig:
     check_time_zone: bool = False
     # What GET /v1/management-nodes/ready reports.
     ready: bool = True
+    # How long an async job (attach, detach) runs before its outcome shows, seconds.
+    job_seconds: float = 0.2
+    # How long a finished job stays pollable (rest.completedApi.expiredPeriod), seconds.
+    job_retention: float = 10800.0
+    # host:port written in a 202's `location`: the MN's own address, which may be internal; never
+    # the simulator's listening address, so that a client must poll its configured URL instead.
+    job_host: str = "10.0.0.10:8080"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,7 +65,11 @@ class SimConfig:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    if key in ("latency_ms", "session_timeout"):
+    if key == "job_host":
+        if not isinstance(value, str) or not value or any(c in value for c in " /\r\n\t"):
+            raise ConfigError("job_host must be host:port")
+        return value
+    if key in ("latency_ms", "session_timeout", "job_seconds", "job_retention"):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{key} must be a number >= 0")
         return float(value)
@@ -151,6 +164,26 @@ class SimState:
         self._image_cache: dict[str, bytes] = {}
         self._body_cache: dict[tuple[str, ...], bytes] = {}
         self.sessions = self._session_store()
+        self.jobs = self._job_store()
+        self.zone_uuid = ZONE_UUID
+
+    def _job_store(self) -> JobStore:
+        return JobStore(self.now, lambda: self.config.job_retention)
+
+    def vm_json(self, vm: Vm) -> dict[str, Any]:
+        """``VmInstanceInventory`` of ``vm`` as ZStack writes it (dates as Gson strings)."""
+        return render_vm(vm, self.gson_date)
+
+    def job_timing(self, raw_path: str) -> float | None:
+        """How long a job submitted on ``raw_path`` runs: a ``job`` fault rule's, else the
+        configured time; None: it never finishes."""
+        rule = self.faults.take_job(raw_path)
+        if rule is None:
+            return self.config.job_seconds
+        if rule.params.get("never") is True:
+            return None
+        seconds = rule.params.get("seconds", self.config.job_seconds)
+        return float(seconds)
 
     def _session_store(self) -> SessionStore:
         return SessionStore(
@@ -200,6 +233,7 @@ class SimState:
         self.replace_data(self._initial_data.copy())
         self.config = dataclasses.replace(self._initial_config)
         self.faults.clear()
+        self.jobs = self._job_store()
         self.log.clear()
         self.stats.reset()
         self.clock_offset = 0.0

@@ -2,9 +2,11 @@
 // A Node.js caller of the ZStack gRPC gateway, as a service written in JavaScript would be one.
 //
 //   node tests/node/client.js TARGET VM_UUID [--session UUID] [--timeout SECONDS] [--protos DIR]
+//                             [--attach ISO_UUID [--request-id ID]]
 //
 // It streams zstack.v1.VmInstanceService/GetCandidateIso from TARGET (host:port, plaintext) and
-// prints each message as one JSON line, in the proto3 JSON form with ZStack's keys (what grpcurl and
+// prints each message as one JSON line; with --attach it calls AttachIso instead and prints one JSON
+// line, {"jobUuid": <x-zstack-job-uuid of the initial metadata>, "response": AttachIsoResponse}, in the proto3 JSON form with ZStack's keys (what grpcurl and
 // Python's json_format print). On failure it prints one JSON line on stderr: the google.rpc.Status
 // decoded from the `grpc-status-details-bin` trailer, in the same JSON form (each detail with its
 // "@type"), plus `codeName`; and exits 1.
@@ -19,7 +21,8 @@ const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const USAGE =
-  'usage: node client.js TARGET VM_UUID [--session UUID] [--timeout SECONDS] [--protos DIR]';
+  'usage: node client.js TARGET VM_UUID [--session UUID] [--timeout SECONDS] [--protos DIR] ' +
+  '[--attach ISO_UUID [--request-id ID]]';
 const SERVICE_FILE = 'zstack/v1/vm_instance_service.proto';
 
 // google.rpc.Status, ErrorInfo and BadRequest: the fields this client reads, with the field numbers
@@ -170,6 +173,8 @@ function main(argv) {
         session: { type: 'string', default: process.env.ZSTACK_SESSION || '' },
         timeout: { type: 'string', default: '30' },
         protos: { type: 'string', default: path.resolve(__dirname, '..', '..', 'protos') },
+        attach: { type: 'string' },
+        'request-id': { type: 'string', default: '' },
       },
     });
   } catch (e) {
@@ -201,6 +206,25 @@ function main(argv) {
   const metadata = new grpc.Metadata();
   if (session) metadata.set('authorization', `OAuth ${session}`);
   const deadline = new Date(Date.now() + Number(timeout) * 1000);
+  if (args.values.attach !== undefined) {
+    const attachType = root.lookupType('zstack.v1.AttachIsoResponse');
+    const request = { vmInstanceUuid, isoUuid: args.values.attach, requestId: args.values['request-id'] };
+    let jobUuid = null;
+    const unary = client.attachIso(request, metadata, { deadline }, (err, response) => {
+      if (err) {
+        process.stderr.write(`${JSON.stringify({ jobUuid, ...statusJson(root, err) })}\n`);
+        process.exitCode = 1;
+      } else {
+        process.stdout.write(`${JSON.stringify({ jobUuid, response: toJson(attachType, response) })}\n`);
+      }
+      client.close();
+    });
+    unary.on('metadata', (md) => {
+      const [job] = md.get('x-zstack-job-uuid');
+      if (job) jobUuid = job;
+    });
+    return undefined;
+  }
   const call = client.getCandidateIso({ vmInstanceUuid }, metadata, { deadline });
   call.on('data', (message) => {
     process.stdout.write(`${JSON.stringify(toJson(responseType, message))}\n`);

@@ -23,19 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from zstack.v1 import image_pb2 as zstack_dot_v1_dot_image__pb2
+from zstack.v1 import vm_pb2 as zstack_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zstack/v1/vm_instance_service.proto\x12\tzstack.v1\x1a\x15zstack/v1/image.proto\"\x80\x01\n\x16GetCandidateIsoRequest\x12(\n\x10vm_instance_uuid\x18\x01 \x01(\tR\x0evmInstanceUuid\x12\x1f\n\x0bsystem_tags\x18\x02 \x03(\tR\nsystemTags\x12\x1b\n\tuser_tags\x18\x03 \x03(\tR\x08userTags\"I\n\x17GetCandidateIsoResponse\x12.\n\x0binventories\x18\x01 \x03(\x0b\x32\x19.zstack.v1.ImageInventory2o\n\x11VmInstanceService\x12Z\n\x0fGetCandidateIso\x12!.zstack.v1.GetCandidateIsoRequest\x1a\".zstack.v1.GetCandidateIsoResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#zstack/v1/vm_instance_service.proto\x12\tzstack.v1\x1a\x15zstack/v1/image.proto\x1a\x12zstack/v1/vm.proto\"\x80\x01\n\x16GetCandidateIsoRequest\x12(\n\x10vm_instance_uuid\x18\x01 \x01(\tR\x0evmInstanceUuid\x12\x1f\n\x0bsystem_tags\x18\x02 \x03(\tR\nsystemTags\x12\x1b\n\tuser_tags\x18\x03 \x03(\tR\x08userTags\"I\n\x17GetCandidateIsoResponse\x12.\n\x0binventories\x18\x01 \x03(\x0b\x32\x19.zstack.v1.ImageInventory\"\xe9\x01\n\x10\x41ttachIsoRequest\x12(\n\x10vm_instance_uuid\x18\x01 \x01(\tR\x0evmInstanceUuid\x12\x19\n\x08iso_uuid\x18\x02 \x01(\tR\x07isoUuid\x12#\n\x0b\x63\x64_rom_uuid\x18\x03 \x01(\tH\x00R\tcdRomUuid\x88\x01\x01\x12\x1f\n\x0bsystem_tags\x18\x04 \x03(\tR\nsystemTags\x12\x1b\n\tuser_tags\x18\x05 \x03(\tR\x08userTags\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestIdB\x0e\n\x0c_cd_rom_uuid\"F\n\x11\x41ttachIsoResponse\x12\x31\n\tinventory\x18\x01 \x01(\x0b\x32\x1e.zstack.v1.VmInstanceInventory\"\xc6\x01\n\x10\x44\x65tachIsoRequest\x12(\n\x10vm_instance_uuid\x18\x01 \x01(\tR\x0evmInstanceUuid\x12\x1e\n\x08iso_uuid\x18\x02 \x01(\tH\x00R\x07isoUuid\x88\x01\x01\x12\x1f\n\x0bsystem_tags\x18\x03 \x03(\tR\nsystemTags\x12\x1b\n\tuser_tags\x18\x04 \x03(\tR\x08userTags\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestIdB\x0b\n\t_iso_uuid\"F\n\x11\x44\x65tachIsoResponse\x12\x31\n\tinventory\x18\x01 \x01(\x0b\x32\x1e.zstack.v1.VmInstanceInventory2\xff\x01\n\x11VmInstanceService\x12Z\n\x0fGetCandidateIso\x12!.zstack.v1.GetCandidateIsoRequest\x1a\".zstack.v1.GetCandidateIsoResponse0\x01\x12\x46\n\tAttachIso\x12\x1b.zstack.v1.AttachIsoRequest\x1a\x1c.zstack.v1.AttachIsoResponse\x12\x46\n\tDetachIso\x12\x1b.zstack.v1.DetachIsoRequest\x1a\x1c.zstack.v1.DetachIsoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zstack.v1.vm_instance_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCANDIDATEISOREQUEST']._serialized_start=74
-  _globals['_GETCANDIDATEISOREQUEST']._serialized_end=202
-  _globals['_GETCANDIDATEISORESPONSE']._serialized_start=204
-  _globals['_GETCANDIDATEISORESPONSE']._serialized_end=277
-  _globals['_VMINSTANCESERVICE']._serialized_start=279
-  _globals['_VMINSTANCESERVICE']._serialized_end=390
+  _globals['_GETCANDIDATEISOREQUEST']._serialized_start=94
+  _globals['_GETCANDIDATEISOREQUEST']._serialized_end=222
+  _globals['_GETCANDIDATEISORESPONSE']._serialized_start=224
+  _globals['_GETCANDIDATEISORESPONSE']._serialized_end=297
+  _globals['_ATTACHISOREQUEST']._serialized_start=300
+  _globals['_ATTACHISOREQUEST']._serialized_end=533
+  _globals['_ATTACHISORESPONSE']._serialized_start=535
+  _globals['_ATTACHISORESPONSE']._serialized_end=605
+  _globals['_DETACHISOREQUEST']._serialized_start=608
+  _globals['_DETACHISOREQUEST']._serialized_end=806
+  _globals['_DETACHISORESPONSE']._serialized_start=808
+  _globals['_DETACHISORESPONSE']._serialized_end=878
+  _globals['_VMINSTANCESERVICE']._serialized_start=881
+  _globals['_VMINSTANCESERVICE']._serialized_end=1136
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from zstack.v1 import image_pb2 as _image_pb2
+from zstack.v1 import vm_pb2 as _vm_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -76,3 +77,150 @@ class GetCandidateIsoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCandidateIsoResponse: _TypeAlias = GetCandidateIsoResponse  # noqa: Y015
+
+@_typing.final
+class AttachIsoRequest(_message.Message):
+    """AttachIsoRequest names the VM, the ISO and optionally the CD-ROM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_INSTANCE_UUID_FIELD_NUMBER: _builtins.int
+    ISO_UUID_FIELD_NUMBER: _builtins.int
+    CD_ROM_UUID_FIELD_NUMBER: _builtins.int
+    SYSTEM_TAGS_FIELD_NUMBER: _builtins.int
+    USER_TAGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    vm_instance_uuid: _builtins.str
+    """The VM's UUID: 32 hex characters without dashes. Required."""
+    iso_uuid: _builtins.str
+    """The ISO image's UUID: 32 hex characters without dashes. Required."""
+    cd_rom_uuid: _builtins.str
+    """The CD-ROM to attach the ISO to (32 hex characters), sent to ZStack as the system tag
+    `cdromUuid::<uuid>`. Absent: ZStack takes the empty CD-ROM with the lowest device id.
+    """
+    request_id: _builtins.str
+    """Makes the call safe to repeat (AIP-155): the same request with the same `request_id` and the same
+    credentials gets the first call's job and its result (running, finished, or lost on the way)
+    instead of a second attach, for as long as ZStack keeps the job (about 3 hours after it ended).
+    At most 128 characters of letters, digits and `._:/+=-`; a UUID is a good choice. Empty: every
+    call is a new job.
+    """
+    @_builtins.property
+    def system_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ZStack system tags, sent as the body's top-level `systemTags`."""
+
+    @_builtins.property
+    def user_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ZStack user tags, sent as the body's top-level `userTags`."""
+
+    def __init__(
+        self,
+        *,
+        vm_instance_uuid: _builtins.str = ...,
+        iso_uuid: _builtins.str = ...,
+        cd_rom_uuid: _builtins.str | None = ...,
+        system_tags: _abc.Iterable[_builtins.str] | None = ...,
+        user_tags: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cd_rom_uuid", b"_cd_rom_uuid", "cd_rom_uuid", b"cd_rom_uuid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cd_rom_uuid", b"_cd_rom_uuid", "cd_rom_uuid", b"cd_rom_uuid", "iso_uuid", b"iso_uuid", "request_id", b"request_id", "system_tags", b"system_tags", "user_tags", b"user_tags", "vm_instance_uuid", b"vm_instance_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cd_rom_uuid: _TypeAlias = _typing.Literal["cd_rom_uuid"]  # noqa: Y015
+    _WhichOneofArgType__cd_rom_uuid: _TypeAlias = _typing.Literal["_cd_rom_uuid", b"_cd_rom_uuid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cd_rom_uuid) -> _WhichOneofReturnType__cd_rom_uuid | None: ...
+
+Global___AttachIsoRequest: _TypeAlias = AttachIsoRequest  # noqa: Y015
+
+@_typing.final
+class AttachIsoResponse(_message.Message):
+    """AttachIsoResponse holds the VM as ZStack returned it after the attach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVENTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inventory(self) -> _vm_pb2.VmInstanceInventory:
+        """The VM, its `vm_cd_roms` showing the attached ISO."""
+
+    def __init__(
+        self,
+        *,
+        inventory: _vm_pb2.VmInstanceInventory | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachIsoResponse: _TypeAlias = AttachIsoResponse  # noqa: Y015
+
+@_typing.final
+class DetachIsoRequest(_message.Message):
+    """DetachIsoRequest names the VM and optionally the ISO."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_INSTANCE_UUID_FIELD_NUMBER: _builtins.int
+    ISO_UUID_FIELD_NUMBER: _builtins.int
+    SYSTEM_TAGS_FIELD_NUMBER: _builtins.int
+    USER_TAGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    vm_instance_uuid: _builtins.str
+    """The VM's UUID: 32 hex characters without dashes. Required."""
+    iso_uuid: _builtins.str
+    """The ISO to detach (32 hex characters). Absent: the VM's only attached ISO."""
+    request_id: _builtins.str
+    """Makes the call safe to repeat, as AttachIsoRequest.request_id."""
+    @_builtins.property
+    def system_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ZStack system tags, sent as repeated `systemTags` query keys."""
+
+    @_builtins.property
+    def user_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ZStack user tags, sent as repeated `userTags` query keys."""
+
+    def __init__(
+        self,
+        *,
+        vm_instance_uuid: _builtins.str = ...,
+        iso_uuid: _builtins.str | None = ...,
+        system_tags: _abc.Iterable[_builtins.str] | None = ...,
+        user_tags: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_iso_uuid", b"_iso_uuid", "iso_uuid", b"iso_uuid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_iso_uuid", b"_iso_uuid", "iso_uuid", b"iso_uuid", "request_id", b"request_id", "system_tags", b"system_tags", "user_tags", b"user_tags", "vm_instance_uuid", b"vm_instance_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__iso_uuid: _TypeAlias = _typing.Literal["iso_uuid"]  # noqa: Y015
+    _WhichOneofArgType__iso_uuid: _TypeAlias = _typing.Literal["_iso_uuid", b"_iso_uuid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__iso_uuid) -> _WhichOneofReturnType__iso_uuid | None: ...
+
+Global___DetachIsoRequest: _TypeAlias = DetachIsoRequest  # noqa: Y015
+
+@_typing.final
+class DetachIsoResponse(_message.Message):
+    """DetachIsoResponse holds the VM as ZStack returned it after the detach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVENTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inventory(self) -> _vm_pb2.VmInstanceInventory:
+        """The VM, its `vm_cd_roms` without the ISO."""
+
+    def __init__(
+        self,
+        *,
+        inventory: _vm_pb2.VmInstanceInventory | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachIsoResponse: _TypeAlias = DetachIsoResponse  # noqa: Y015

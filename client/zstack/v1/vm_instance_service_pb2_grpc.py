@@ -48,6 +48,16 @@ class VmInstanceServiceStub:
                 request_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoRequest.SerializeToString,
                 response_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoResponse.FromString,
                 _registered_method=True)
+        self.AttachIso = channel.unary_unary(
+                '/zstack.v1.VmInstanceService/AttachIso',
+                request_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoRequest.SerializeToString,
+                response_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoResponse.FromString,
+                _registered_method=True)
+        self.DetachIso = channel.unary_unary(
+                '/zstack.v1.VmInstanceService/DetachIso',
+                request_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoRequest.SerializeToString,
+                response_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoResponse.FromString,
+                _registered_method=True)
 
 
 class VmInstanceServiceServicer:
@@ -83,6 +93,37 @@ class VmInstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachIso(self, request, context):
+        """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
+        `POST /zstack/v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}`, an asynchronous API: the gateway
+        submits the job and polls it on its configured ZStack URL until it is done).
+
+        On a Stopped VM only the CD-ROM's `isoUuid` is set; on a Running or Paused VM the ISO is also
+        hot-plugged. Without `cd_rom_uuid`, ZStack takes the empty CD-ROM with the lowest device id.
+        Attaching is not idempotent: the same ISO a second time fails (FAILED_PRECONDITION, ZStack
+        SYS.1006), so retry with the same `request_id` to learn what the first call did.
+
+        The job's id is sent in the initial metadata `x-zstack-job-uuid` as soon as ZStack accepted the
+        job. When the caller's deadline passes first, the call ends with DEADLINE_EXCEEDED (ErrorInfo
+        reason `ZSTACK_JOB_STILL_RUNNING`, metadata `jobUuid`): the job goes on inside ZStack, and the
+        same request with the same `request_id` and credentials picks it up again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachIso(self, request, context):
+        """DetachIso detaches an ISO image from a VM (ZStack's `DetachIsoFromVmInstance`,
+        `DELETE /zstack/v1/vm-instances/{vmInstanceUuid}/iso[?isoUuid=]`, asynchronous like AttachIso).
+
+        Idempotent: detaching an ISO that is not attached succeeds and changes nothing. Without
+        `iso_uuid` the VM's only ISO is detached; a VM holding several ISOs then fails with
+        FAILED_PRECONDITION. Jobs, `request_id`, deadlines and metadata as for AttachIso.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmInstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +131,16 @@ def add_VmInstanceServiceServicer_to_server(servicer, server):
                     servicer.GetCandidateIso,
                     request_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoRequest.FromString,
                     response_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoResponse.SerializeToString,
+            ),
+            'AttachIso': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachIso,
+                    request_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoRequest.FromString,
+                    response_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoResponse.SerializeToString,
+            ),
+            'DetachIso': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachIso,
+                    request_deserializer=zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoRequest.FromString,
+                    response_serializer=zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -128,6 +179,60 @@ class VmInstanceService:
             '/zstack.v1.VmInstanceService/GetCandidateIso',
             zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoRequest.SerializeToString,
             zstack_dot_v1_dot_vm__instance__service__pb2.GetCandidateIsoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachIso(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zstack.v1.VmInstanceService/AttachIso',
+            zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoRequest.SerializeToString,
+            zstack_dot_v1_dot_vm__instance__service__pb2.AttachIsoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachIso(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zstack.v1.VmInstanceService/DetachIso',
+            zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoRequest.SerializeToString,
+            zstack_dot_v1_dot_vm__instance__service__pb2.DetachIsoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,29 @@ class VmInstanceServiceStub:
     reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
     with OK carries the whole list.
     """
+    AttachIso: _grpc.UnaryUnaryMultiCallable[_vm_instance_service_pb2.AttachIsoRequest, _vm_instance_service_pb2.AttachIsoResponse]
+    """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
+    `POST /zstack/v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}`, an asynchronous API: the gateway
+    submits the job and polls it on its configured ZStack URL until it is done).
+
+    On a Stopped VM only the CD-ROM's `isoUuid` is set; on a Running or Paused VM the ISO is also
+    hot-plugged. Without `cd_rom_uuid`, ZStack takes the empty CD-ROM with the lowest device id.
+    Attaching is not idempotent: the same ISO a second time fails (FAILED_PRECONDITION, ZStack
+    SYS.1006), so retry with the same `request_id` to learn what the first call did.
+
+    The job's id is sent in the initial metadata `x-zstack-job-uuid` as soon as ZStack accepted the
+    job. When the caller's deadline passes first, the call ends with DEADLINE_EXCEEDED (ErrorInfo
+    reason `ZSTACK_JOB_STILL_RUNNING`, metadata `jobUuid`): the job goes on inside ZStack, and the
+    same request with the same `request_id` and credentials picks it up again.
+    """
+    DetachIso: _grpc.UnaryUnaryMultiCallable[_vm_instance_service_pb2.DetachIsoRequest, _vm_instance_service_pb2.DetachIsoResponse]
+    """DetachIso detaches an ISO image from a VM (ZStack's `DetachIsoFromVmInstance`,
+    `DELETE /zstack/v1/vm-instances/{vmInstanceUuid}/iso[?isoUuid=]`, asynchronous like AttachIso).
+
+    Idempotent: detaching an ISO that is not attached succeeds and changes nothing. Without
+    `iso_uuid` the VM's only ISO is detached; a VM holding several ISOs then fails with
+    FAILED_PRECONDITION. Jobs, `request_id`, deadlines and metadata as for AttachIso.
+    """
 
 @_typing.type_check_only
 class VmInstanceServiceAsyncStub(VmInstanceServiceStub):
@@ -90,6 +113,29 @@ class VmInstanceServiceAsyncStub(VmInstanceServiceStub):
     an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
     reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
     with OK carries the whole list.
+    """
+    AttachIso: _aio.UnaryUnaryMultiCallable[_vm_instance_service_pb2.AttachIsoRequest, _vm_instance_service_pb2.AttachIsoResponse]  # type: ignore[assignment]
+    """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
+    `POST /zstack/v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}`, an asynchronous API: the gateway
+    submits the job and polls it on its configured ZStack URL until it is done).
+
+    On a Stopped VM only the CD-ROM's `isoUuid` is set; on a Running or Paused VM the ISO is also
+    hot-plugged. Without `cd_rom_uuid`, ZStack takes the empty CD-ROM with the lowest device id.
+    Attaching is not idempotent: the same ISO a second time fails (FAILED_PRECONDITION, ZStack
+    SYS.1006), so retry with the same `request_id` to learn what the first call did.
+
+    The job's id is sent in the initial metadata `x-zstack-job-uuid` as soon as ZStack accepted the
+    job. When the caller's deadline passes first, the call ends with DEADLINE_EXCEEDED (ErrorInfo
+    reason `ZSTACK_JOB_STILL_RUNNING`, metadata `jobUuid`): the job goes on inside ZStack, and the
+    same request with the same `request_id` and credentials picks it up again.
+    """
+    DetachIso: _aio.UnaryUnaryMultiCallable[_vm_instance_service_pb2.DetachIsoRequest, _vm_instance_service_pb2.DetachIsoResponse]  # type: ignore[assignment]
+    """DetachIso detaches an ISO image from a VM (ZStack's `DetachIsoFromVmInstance`,
+    `DELETE /zstack/v1/vm-instances/{vmInstanceUuid}/iso[?isoUuid=]`, asynchronous like AttachIso).
+
+    Idempotent: detaching an ISO that is not attached succeeds and changes nothing. Without
+    `iso_uuid` the VM's only ISO is detached; a VM holding several ISOs then fails with
+    FAILED_PRECONDITION. Jobs, `request_id`, deadlines and metadata as for AttachIso.
     """
 
 class VmInstanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +171,41 @@ class VmInstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
         reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
         with OK carries the whole list.
+        """
+
+    @_abc_1.abstractmethod
+    def AttachIso(
+        self,
+        request: _vm_instance_service_pb2.AttachIsoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_instance_service_pb2.AttachIsoResponse, _abc.Awaitable[_vm_instance_service_pb2.AttachIsoResponse]]:
+        """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
+        `POST /zstack/v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}`, an asynchronous API: the gateway
+        submits the job and polls it on its configured ZStack URL until it is done).
+
+        On a Stopped VM only the CD-ROM's `isoUuid` is set; on a Running or Paused VM the ISO is also
+        hot-plugged. Without `cd_rom_uuid`, ZStack takes the empty CD-ROM with the lowest device id.
+        Attaching is not idempotent: the same ISO a second time fails (FAILED_PRECONDITION, ZStack
+        SYS.1006), so retry with the same `request_id` to learn what the first call did.
+
+        The job's id is sent in the initial metadata `x-zstack-job-uuid` as soon as ZStack accepted the
+        job. When the caller's deadline passes first, the call ends with DEADLINE_EXCEEDED (ErrorInfo
+        reason `ZSTACK_JOB_STILL_RUNNING`, metadata `jobUuid`): the job goes on inside ZStack, and the
+        same request with the same `request_id` and credentials picks it up again.
+        """
+
+    @_abc_1.abstractmethod
+    def DetachIso(
+        self,
+        request: _vm_instance_service_pb2.DetachIsoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_instance_service_pb2.DetachIsoResponse, _abc.Awaitable[_vm_instance_service_pb2.DetachIsoResponse]]:
+        """DetachIso detaches an ISO image from a VM (ZStack's `DetachIsoFromVmInstance`,
+        `DELETE /zstack/v1/vm-instances/{vmInstanceUuid}/iso[?isoUuid=]`, asynchronous like AttachIso).
+
+        Idempotent: detaching an ISO that is not attached succeeds and changes nothing. Without
+        `iso_uuid` the VM's only ISO is detached; a VM holding several ISOs then fails with
+        FAILED_PRECONDITION. Jobs, `request_id`, deadlines and metadata as for AttachIso.
         """
 
 def add_VmInstanceServiceServicer_to_server(servicer: VmInstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

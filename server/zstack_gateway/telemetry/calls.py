@@ -9,6 +9,7 @@ of the call that started it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import re
 import time
@@ -37,6 +38,12 @@ class CallRecord:
     upstream_requests: int = 0
     images: int = 0
     coalesced: bool = False
+    #: The ZStack job (X-Job-UUID) of an async API's call.
+    job_uuid: str | None = None
+    #: ZStack accepted the job (or already had it).
+    job_accepted: bool = False
+    #: The call's initial metadata went out (x-request-id, and the job's uuid for async APIs).
+    initial_metadata_sent: bool = False
     #: What the caller saw, set where statuses are decided (interceptors.StatusInterceptor).
     code: grpc.StatusCode = grpc.StatusCode.OK
     failure: GatewayError | None = None
@@ -76,6 +83,18 @@ def traceparent_from(metadata: object) -> str | None:
             return None
         return value
     return None
+
+
+async def send_initial_metadata(context: object, record: CallRecord | None, *extra: tuple[str, str]) -> None:
+    """Send the call's initial metadata once: ``x-request-id`` and ``extra``. Raises
+    CancelledError when grpc has already ended the call."""
+    if record is None or record.initial_metadata_sent:
+        return
+    record.initial_metadata_sent = True
+    try:
+        await context.send_initial_metadata((("x-request-id", record.request_id), *extra))  # type: ignore[attr-defined]
+    except Exception:  # the call is over already: grpc ended it (deadline, caller gone)
+        raise asyncio.CancelledError from None
 
 
 def current_metrics() -> Metrics | None:

@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ImageInventory } from "./image_pb.js";
 import { file_zstack_v1_image } from "./image_pb.js";
+import type { VmInstanceInventory } from "./vm_pb.js";
+import { file_zstack_v1_vm } from "./vm_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file zstack/v1/vm_instance_service.proto.
  */
 export const file_zstack_v1_vm_instance_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN6c3RhY2svdjEvdm1faW5zdGFuY2Vfc2VydmljZS5wcm90bxIJenN0YWNrLnYxIloKFkdldENhbmRpZGF0ZUlzb1JlcXVlc3QSGAoQdm1faW5zdGFuY2VfdXVpZBgBIAEoCRITCgtzeXN0ZW1fdGFncxgCIAMoCRIRCgl1c2VyX3RhZ3MYAyADKAkiSQoXR2V0Q2FuZGlkYXRlSXNvUmVzcG9uc2USLgoLaW52ZW50b3JpZXMYASADKAsyGS56c3RhY2sudjEuSW1hZ2VJbnZlbnRvcnkybwoRVm1JbnN0YW5jZVNlcnZpY2USWgoPR2V0Q2FuZGlkYXRlSXNvEiEuenN0YWNrLnYxLkdldENhbmRpZGF0ZUlzb1JlcXVlc3QaIi56c3RhY2sudjEuR2V0Q2FuZGlkYXRlSXNvUmVzcG9uc2UwAWIGcHJvdG8z", [file_zstack_v1_image]);
+  fileDesc("CiN6c3RhY2svdjEvdm1faW5zdGFuY2Vfc2VydmljZS5wcm90bxIJenN0YWNrLnYxIloKFkdldENhbmRpZGF0ZUlzb1JlcXVlc3QSGAoQdm1faW5zdGFuY2VfdXVpZBgBIAEoCRITCgtzeXN0ZW1fdGFncxgCIAMoCRIRCgl1c2VyX3RhZ3MYAyADKAkiSQoXR2V0Q2FuZGlkYXRlSXNvUmVzcG9uc2USLgoLaW52ZW50b3JpZXMYASADKAsyGS56c3RhY2sudjEuSW1hZ2VJbnZlbnRvcnkipAEKEEF0dGFjaElzb1JlcXVlc3QSGAoQdm1faW5zdGFuY2VfdXVpZBgBIAEoCRIQCghpc29fdXVpZBgCIAEoCRIYCgtjZF9yb21fdXVpZBgDIAEoCUgAiAEBEhMKC3N5c3RlbV90YWdzGAQgAygJEhEKCXVzZXJfdGFncxgFIAMoCRISCgpyZXF1ZXN0X2lkGAYgASgJQg4KDF9jZF9yb21fdXVpZCJGChFBdHRhY2hJc29SZXNwb25zZRIxCglpbnZlbnRvcnkYASABKAsyHi56c3RhY2sudjEuVm1JbnN0YW5jZUludmVudG9yeSKMAQoQRGV0YWNoSXNvUmVxdWVzdBIYChB2bV9pbnN0YW5jZV91dWlkGAEgASgJEhUKCGlzb191dWlkGAIgASgJSACIAQESEwoLc3lzdGVtX3RhZ3MYAyADKAkSEQoJdXNlcl90YWdzGAQgAygJEhIKCnJlcXVlc3RfaWQYBSABKAlCCwoJX2lzb191dWlkIkYKEURldGFjaElzb1Jlc3BvbnNlEjEKCWludmVudG9yeRgBIAEoCzIeLnpzdGFjay52MS5WbUluc3RhbmNlSW52ZW50b3J5Mv8BChFWbUluc3RhbmNlU2VydmljZRJaCg9HZXRDYW5kaWRhdGVJc28SIS56c3RhY2sudjEuR2V0Q2FuZGlkYXRlSXNvUmVxdWVzdBoiLnpzdGFjay52MS5HZXRDYW5kaWRhdGVJc29SZXNwb25zZTABEkYKCUF0dGFjaElzbxIbLnpzdGFjay52MS5BdHRhY2hJc29SZXF1ZXN0GhwuenN0YWNrLnYxLkF0dGFjaElzb1Jlc3BvbnNlEkYKCURldGFjaElzbxIbLnpzdGFjay52MS5EZXRhY2hJc29SZXF1ZXN0GhwuenN0YWNrLnYxLkRldGFjaElzb1Jlc3BvbnNlYgZwcm90bzM", [file_zstack_v1_image, file_zstack_v1_vm]);
 
 /**
  * GetCandidateIsoRequest names the VM and the optional tags ZStack's API accepts.
@@ -71,6 +73,158 @@ export const GetCandidateIsoResponseSchema: GenMessage<GetCandidateIsoResponse> 
   messageDesc(file_zstack_v1_vm_instance_service, 1);
 
 /**
+ * AttachIsoRequest names the VM, the ISO and optionally the CD-ROM.
+ *
+ * @generated from message zstack.v1.AttachIsoRequest
+ */
+export type AttachIsoRequest = Message<"zstack.v1.AttachIsoRequest"> & {
+  /**
+   * The VM's UUID: 32 hex characters without dashes. Required.
+   *
+   * @generated from field: string vm_instance_uuid = 1;
+   */
+  vmInstanceUuid: string;
+
+  /**
+   * The ISO image's UUID: 32 hex characters without dashes. Required.
+   *
+   * @generated from field: string iso_uuid = 2;
+   */
+  isoUuid: string;
+
+  /**
+   * The CD-ROM to attach the ISO to (32 hex characters), sent to ZStack as the system tag
+   * `cdromUuid::<uuid>`. Absent: ZStack takes the empty CD-ROM with the lowest device id.
+   *
+   * @generated from field: optional string cd_rom_uuid = 3;
+   */
+  cdRomUuid?: string | undefined;
+
+  /**
+   * ZStack system tags, sent as the body's top-level `systemTags`.
+   *
+   * @generated from field: repeated string system_tags = 4;
+   */
+  systemTags: string[];
+
+  /**
+   * ZStack user tags, sent as the body's top-level `userTags`.
+   *
+   * @generated from field: repeated string user_tags = 5;
+   */
+  userTags: string[];
+
+  /**
+   * Makes the call safe to repeat (AIP-155): the same request with the same `request_id` and the same
+   * credentials gets the first call's job and its result (running, finished, or lost on the way)
+   * instead of a second attach, for as long as ZStack keeps the job (about 3 hours after it ended).
+   * At most 128 characters of letters, digits and `._:/+=-`; a UUID is a good choice. Empty: every
+   * call is a new job.
+   *
+   * @generated from field: string request_id = 6;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message zstack.v1.AttachIsoRequest.
+ * Use `create(AttachIsoRequestSchema)` to create a new message.
+ */
+export const AttachIsoRequestSchema: GenMessage<AttachIsoRequest> = /*@__PURE__*/
+  messageDesc(file_zstack_v1_vm_instance_service, 2);
+
+/**
+ * AttachIsoResponse holds the VM as ZStack returned it after the attach.
+ *
+ * @generated from message zstack.v1.AttachIsoResponse
+ */
+export type AttachIsoResponse = Message<"zstack.v1.AttachIsoResponse"> & {
+  /**
+   * The VM, its `vm_cd_roms` showing the attached ISO.
+   *
+   * @generated from field: zstack.v1.VmInstanceInventory inventory = 1;
+   */
+  inventory?: VmInstanceInventory | undefined;
+};
+
+/**
+ * Describes the message zstack.v1.AttachIsoResponse.
+ * Use `create(AttachIsoResponseSchema)` to create a new message.
+ */
+export const AttachIsoResponseSchema: GenMessage<AttachIsoResponse> = /*@__PURE__*/
+  messageDesc(file_zstack_v1_vm_instance_service, 3);
+
+/**
+ * DetachIsoRequest names the VM and optionally the ISO.
+ *
+ * @generated from message zstack.v1.DetachIsoRequest
+ */
+export type DetachIsoRequest = Message<"zstack.v1.DetachIsoRequest"> & {
+  /**
+   * The VM's UUID: 32 hex characters without dashes. Required.
+   *
+   * @generated from field: string vm_instance_uuid = 1;
+   */
+  vmInstanceUuid: string;
+
+  /**
+   * The ISO to detach (32 hex characters). Absent: the VM's only attached ISO.
+   *
+   * @generated from field: optional string iso_uuid = 2;
+   */
+  isoUuid?: string | undefined;
+
+  /**
+   * ZStack system tags, sent as repeated `systemTags` query keys.
+   *
+   * @generated from field: repeated string system_tags = 3;
+   */
+  systemTags: string[];
+
+  /**
+   * ZStack user tags, sent as repeated `userTags` query keys.
+   *
+   * @generated from field: repeated string user_tags = 4;
+   */
+  userTags: string[];
+
+  /**
+   * Makes the call safe to repeat, as AttachIsoRequest.request_id.
+   *
+   * @generated from field: string request_id = 5;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message zstack.v1.DetachIsoRequest.
+ * Use `create(DetachIsoRequestSchema)` to create a new message.
+ */
+export const DetachIsoRequestSchema: GenMessage<DetachIsoRequest> = /*@__PURE__*/
+  messageDesc(file_zstack_v1_vm_instance_service, 4);
+
+/**
+ * DetachIsoResponse holds the VM as ZStack returned it after the detach.
+ *
+ * @generated from message zstack.v1.DetachIsoResponse
+ */
+export type DetachIsoResponse = Message<"zstack.v1.DetachIsoResponse"> & {
+  /**
+   * The VM, its `vm_cd_roms` without the ISO.
+   *
+   * @generated from field: zstack.v1.VmInstanceInventory inventory = 1;
+   */
+  inventory?: VmInstanceInventory | undefined;
+};
+
+/**
+ * Describes the message zstack.v1.DetachIsoResponse.
+ * Use `create(DetachIsoResponseSchema)` to create a new message.
+ */
+export const DetachIsoResponseSchema: GenMessage<DetachIsoResponse> = /*@__PURE__*/
+  messageDesc(file_zstack_v1_vm_instance_service, 5);
+
+/**
  * VmInstanceService fronts ZStack's VM instance APIs.
  *
  * Authentication: send the ZStack session as request metadata `authorization: OAuth <session-uuid>`
@@ -107,6 +261,43 @@ export const VmInstanceService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetCandidateIsoRequestSchema;
     output: typeof GetCandidateIsoResponseSchema;
+  },
+  /**
+   * AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
+   * `POST /zstack/v1/vm-instances/{vmInstanceUuid}/iso/{isoUuid}`, an asynchronous API: the gateway
+   * submits the job and polls it on its configured ZStack URL until it is done).
+   *
+   * On a Stopped VM only the CD-ROM's `isoUuid` is set; on a Running or Paused VM the ISO is also
+   * hot-plugged. Without `cd_rom_uuid`, ZStack takes the empty CD-ROM with the lowest device id.
+   * Attaching is not idempotent: the same ISO a second time fails (FAILED_PRECONDITION, ZStack
+   * SYS.1006), so retry with the same `request_id` to learn what the first call did.
+   *
+   * The job's id is sent in the initial metadata `x-zstack-job-uuid` as soon as ZStack accepted the
+   * job. When the caller's deadline passes first, the call ends with DEADLINE_EXCEEDED (ErrorInfo
+   * reason `ZSTACK_JOB_STILL_RUNNING`, metadata `jobUuid`): the job goes on inside ZStack, and the
+   * same request with the same `request_id` and credentials picks it up again.
+   *
+   * @generated from rpc zstack.v1.VmInstanceService.AttachIso
+   */
+  attachIso: {
+    methodKind: "unary";
+    input: typeof AttachIsoRequestSchema;
+    output: typeof AttachIsoResponseSchema;
+  },
+  /**
+   * DetachIso detaches an ISO image from a VM (ZStack's `DetachIsoFromVmInstance`,
+   * `DELETE /zstack/v1/vm-instances/{vmInstanceUuid}/iso[?isoUuid=]`, asynchronous like AttachIso).
+   *
+   * Idempotent: detaching an ISO that is not attached succeeds and changes nothing. Without
+   * `iso_uuid` the VM's only ISO is detached; a VM holding several ISOs then fails with
+   * FAILED_PRECONDITION. Jobs, `request_id`, deadlines and metadata as for AttachIso.
+   *
+   * @generated from rpc zstack.v1.VmInstanceService.DetachIso
+   */
+  detachIso: {
+    methodKind: "unary";
+    input: typeof DetachIsoRequestSchema;
+    output: typeof DetachIsoResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_zstack_v1_vm_instance_service, 0);
