@@ -17,14 +17,17 @@ from typing import IO
 import grpc
 import pytest
 import zstack_sim
+from zstack.v1 import image_service_pb2 as img_svc
+from zstack.v1 import image_service_pb2_grpc as img_svc_grpc
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_sim.processes import free_port, start_gateway, start_simulator
+from zstack_sim.table import render
 from zstack_sim.zones import resolve_tz
 
 BIN = Path(sys.executable).parent
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ZSTACK_", "GRPC_"))}
-SECTIONS = ("accounts", "access keys", "sessions", "VMs", "about the VMs")
+SECTIONS = ("accounts", "access keys", "sessions", "VMs", "CD-ROMs", "about the VMs", "ISOs")
 
 
 def parse(lines: list[str]) -> dict[str, list[list[str]]]:
@@ -211,3 +214,44 @@ def test_a_vm_added_to_the_data_shows_in_the_table(tmp_path: Path):
         with start_gateway(tmp_path, sim.address, env=CLEAN_ENV, drop_env=()) as gw:
             check_sessions(gw.address, table, zstack_sim.DEMO_VM_UUID)
             check_vms(gw.address, table, zstack_sim.DEMO_SESSION_UUID)
+
+
+def test_the_isos_and_cd_roms_are_what_the_gateway_answers():
+    """The ISO rows name the VMs GetCandidateVm lists; the CD-ROM rows what a VM's inventory holds,
+    also after AttachIso fills one (the table printed by a simulator whose VM holds an ISO)."""
+    printed = subprocess.run(
+        [str(BIN / "zstack-sim"), "--print-table"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    table = parse(printed)
+    names = {uuid: name for uuid, name, *_ in table["VMs"]}
+    assert table["ISOs"] and all(shows == "1 CD-ROM empty" for _, shows in table["CD-ROMs"])
+    auth = (("authorization", f"OAuth {zstack_sim.DEMO_SESSION_UUID}"),)
+    proc, address = gateway()
+    try:
+        list(demo_output(proc))
+        with grpc.insecure_channel(address) as channel:
+            images = img_svc_grpc.ImageServiceStub(channel)
+            for iso, _name, listed in table["ISOs"]:
+                request = img_svc.GetCandidateVmRequest(iso_uuid=iso)
+                vms = [
+                    vm.uuid
+                    for r in images.GetCandidateVm(request, metadata=auth, timeout=15)
+                    for vm in r.inventories
+                ]
+                count, _, shown = listed.partition(": ")
+                assert count == f"{len(vms)} VM" + ("s" if len(vms) != 1 else ""), (iso, listed)
+                assert shown.split(", ") == [names[vm] for vm in vms], (iso, listed)
+            iso, iso_name, _ = table["ISOs"][0]
+            vm = svc_grpc.VmInstanceServiceStub(channel).AttachIso(
+                svc.AttachIsoRequest(vm_instance_uuid=zstack_sim.DEMO_STOPPED_VM_UUID, iso_uuid=iso),
+                metadata=auth,
+                timeout=15,
+            )
+            assert [cd.iso_uuid for cd in vm.inventory.vm_cd_roms] == [iso]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    data = zstack_sim.demo_data()
+    data.vms[zstack_sim.DEMO_STOPPED_VM_UUID].drives[0].iso_uuid = iso
+    after = parse(render(data, resolve_tz("Asia/Shanghai")).splitlines())
+    assert [zstack_sim.DEMO_STOPPED_VM_UUID, f"CD-ROM 0 holds {iso_name}"] in after["CD-ROMs"]

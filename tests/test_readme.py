@@ -116,3 +116,20 @@ def test_the_demo_table_names_the_simulators_data() -> None:
         zstack_sim.DEMO_ACCESS_KEY_SECRET,
     ):
         assert f"`{value}`" in section, value
+
+
+def test_the_iso_workflow_walk_works_as_printed(gateway: str) -> None:
+    """docs/iso-workflow.md's walk against the demo, block by block in one shell: candidate VMs,
+    attach with a request id, the same attach without one refused (FAILED_PRECONDITION), detach."""
+    text = (ROOT / "docs" / "iso-workflow.md").read_text()
+    blocks = re.findall(r"^```sh\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 4
+    script = "".join(f'{block}echo "=== $?"\n' for block in blocks)
+    out = run(script, gateway)
+    parts = out.stdout.split("=== ")
+    codes = [int(part.split("\n", 1)[0]) for part in parts[1:]]
+    assert codes == [0, 0, 64 + 9, 0], (codes, out.stdout, out.stderr)  # grpcurl: 64 + the gRPC code
+    assert '"name": "demo-vm-stopped"' in parts[0]
+    assert '"isoUuid": "30bb7b0024d541f08c203131764671be"' in parts[1]
+    assert "Code: FailedPrecondition" in out.stderr and "SYS.1006" in out.stderr
+    assert '"isoUuid"' not in parts[3].split('"vmCdRoms"')[1]

@@ -223,6 +223,15 @@ class SimData:
     def copy(self) -> SimData:
         return copy.deepcopy(self)
 
+    def candidate_vms(self, iso_uuid: str) -> list[Vm]:
+        """What GetCandidateVmForAttachingIso lists: the Running and Stopped VMs listing the ISO among
+        their candidates; none for an image on no backup storage. No check of media type, CD-ROMs or
+        what is attached (as ZStack)."""
+        image = self.images.get(iso_uuid)
+        if image is None or not image.get("backupStorageRefs"):
+            return []
+        return [vm for vm in self.vms.values() if vm.state in LISTING_STATES and iso_uuid in vm.candidates]
+
     def find_vm(self, uuid: str) -> Vm | None:
         """The VM with this uuid, compared case-insensitively. [INF] ZStack looks resources up in
         MySQL, whose default collation ignores case (and trailing spaces, which the caller trims)."""

@@ -172,13 +172,5 @@ def detach_iso(
 
 
 def candidate_vms(state: SimState, iso_uuid: str) -> list[Vm]:
-    """The Running and Stopped VMs listing the ISO among their candidates; none for an image on no
-    backup storage. No check of media type, CD-ROMs or what is attached (as ZStack)."""
-    image = state.data.images.get(iso_uuid)
-    if image is None or not image.get("backupStorageRefs"):
-        return []
-    return [
-        vm
-        for vm in state.data.vms.values()
-        if vm.state in ("Running", "Stopped") and iso_uuid in vm.candidates
-    ]
+    """The VMs GetCandidateVmForAttachingIso lists for ``iso_uuid`` (see SimData.candidate_vms)."""
+    return state.data.candidate_vms(iso_uuid)

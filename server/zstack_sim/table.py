@@ -9,18 +9,20 @@ exits, and ``zstack-gateway --demo`` prints it after its "try it" commands. Ever
 * access keys (id and secret, for the AccessKey mode);
 * sessions (for pass-through callers' ``authorization: OAuth <uuid>``): valid or expired;
 * VMs: what ``GetCandidateIso`` with that ``vmInstanceUuid`` answers (the images, an empty list, or
-  NOT_FOUND for a uuid that is not in the data).
+  NOT_FOUND for a uuid that is not in the data), and their CD-ROMs (what AttachIso fills);
+* ISOs: the images whose media type is ISO, and the VMs ``GetCandidateVm`` lists for each.
 """
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
 
 from zstack_sim.data import LISTING_STATES, SimData, Vm
 
-__all__ = ["MISSING_VM_NOTE", "TITLE", "render", "vm_shows"]
+__all__ = ["MISSING_VM_NOTE", "TITLE", "cd_roms_shown", "render", "vm_shows"]
 
 #: The line before the table where a program prints it with other output.
 TITLE = "the data (zstack-sim --print-table prints it alone):"
@@ -43,6 +45,20 @@ def vm_shows(data: SimData, vm: Vm) -> str:
     return f"{count}: {', '.join(names)}{more}"
 
 
+def cd_roms_shown(data: SimData, vm: Vm) -> str:
+    """The VM's CD-ROMs in a few words: which are empty, which hold which ISO."""
+    held = []
+    for cd in vm.drives:
+        if cd.iso_uuid:
+            held.append(
+                f"CD-ROM {cd.device_id} holds {data.images.get(cd.iso_uuid, {}).get('name', cd.iso_uuid)}"
+            )
+    empty = sum(1 for cd in vm.drives if not cd.iso_uuid)
+    if empty:
+        held.append(f"{empty} CD-ROM{'s' if empty != 1 else ''} empty")
+    return "; ".join(held) or "no CD-ROM"
+
+
 def _session_state(expires_at: float | None, now: float, tz: tzinfo) -> str:
     if expires_at is None:
         return "valid, never expires by time"
@@ -52,10 +68,18 @@ def _session_state(expires_at: float | None, now: float, tz: tzinfo) -> str:
     return f"valid until {until} (each call renews it)"
 
 
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def _columns(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return [
-        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        indent
+        + "  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(row, widths, strict=False))
+        + "  "
+        + row[-1]
         for row in rows
     ]
 
@@ -96,8 +120,19 @@ def render(
         slow = f"; every answer {latency_ms:g} ms late (--latency-ms)" if latency_ms > 0 else ""
         out.append(f"VMs (GetCandidateIso's vmInstanceUuid, and what the call answers{slow}):")
         out += _columns(vm_rows)
+        out.append("CD-ROMs (AttachIso fills an empty one, or the one named by cd_rom_uuid):")
+        out += _columns([(vm.uuid, cd_roms_shown(data, vm)) for vm in data.vms.values()])
         notes = [(vm.uuid, vm.note) for vm in data.vms.values() if vm.note]
         if notes:
             out.append("about the VMs:")
             out += _columns(notes)
+    isos = [(uuid, image) for uuid, image in data.images.items() if image.get("mediaType") == "ISO"]
+    if isos:
+        out.append("ISOs (GetCandidateVm's isoUuid and AttachIso's isoUuid; what GetCandidateVm lists):")
+        rows = []
+        for uuid, image in isos:
+            vms = [vm.name or vm.uuid for vm in data.candidate_vms(uuid)]
+            listed = f"{len(vms)} VM{'s' if len(vms) != 1 else ''}" + (f": {', '.join(vms)}" if vms else "")
+            rows.append((uuid, str(image.get("name", "-")), listed))
+        out += _columns(rows)
     return "\n".join(out)
