@@ -153,7 +153,8 @@ def test_any_http_answer_classifies_into_a_small_status(status, body, deadline_s
     check_status(err)
 
 
-#: The error table's rows for ZStack's own codes (docs/errors.md) (a copy, so the test checks the code against the docs).
+#: The error table's rows for ZStack's own codes (docs/errors.md) (a copy, so the test checks the code
+#: against the docs).
 README_ZSTACK_TABLE = {
     "SYS.1000": C.INTERNAL,
     "SYS.1003": C.NOT_FOUND,

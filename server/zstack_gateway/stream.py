@@ -17,10 +17,13 @@ in the proto):
 How. The body is checked once up front without building Python objects: valid UTF-8, then msgspec
 checks it is JSON, an object, with an ``inventories`` list, and points at that list's text. Whatever
 that check refuses goes through the full parse (orjson), which gives the same error as it always did,
-or, for the rare JSON that only orjson accepts, the parsed list. Images are then parsed from a window
-of the list's text by the json module's scanner, which also tells where each image ends, and each is
-serialized alone and framed as field 1 (``inventories``) of GetCandidateIsoResponse: a message is
-the concatenation of its framed images, so its exact size is known before it is sent.
+or, for the rare JSON that only orjson accepts, the parsed list. Images are then taken from the
+list's text one at a time: on the compiled path (:mod:`zstack_gateway.wire`) as the text of each,
+which is turned into its serialized ImageInventory without a Python object per field; on the pure
+path parsed from a window of the text by the json module's scanner, which also tells where each
+image ends, and translated. Each is serialized alone and framed as field 1 (``inventories``) of
+GetCandidateIsoResponse: a message is the concatenation of its framed images, so its exact size is
+known before it is sent.
 
 An :class:`ImageStream` is shared by coalesced calls, each reading it through a :class:`Reader`.
 A message is built once, by whichever reader needs it first, and kept until every reader has taken
@@ -46,7 +49,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import orjson
 
-from zstack_gateway import errors, translate
+from zstack_gateway import errors, translate, wire
 from zstack_gateway.budget import Account
 
 FIRST_CHUNK_IMAGES: Final = 16
@@ -106,7 +109,7 @@ def _items_of(body: Body) -> Iterator[Any]:
         else:
             text = memoryview(envelope.inventories)  # a view into body: nothing is copied
             if text[0] == ord("["):
-                return _list_items(text)
+                return _item_texts(text) if wire.PATH == "compiled" else _list_items(text)
     # What the check refused: the full parse says why, in the words it always used, or (JSON that only
     # orjson accepts, e.g. nesting msgspec finds too deep) gives the list.
     try:
@@ -164,13 +167,30 @@ def _deep_item(window: str, at: int) -> tuple[Any, int] | None:
                 raise errors.bad_response(f"the body is not valid JSON ({exc.msg})") from None
 
 
-def _list_items(text: memoryview) -> Iterator[Any]:
+def _item_texts(text: memoryview) -> Iterator[Any]:
+    """The text of each item of a JSON list (``text``, already checked to be valid JSON), as views
+    into it. Should the compiled scan not follow the text, the json module's scanner goes on from
+    where it stopped."""
+    at = 1  # past the list's "["
+    while True:
+        try:
+            start, end = wire.next_item(text, at)
+        except ValueError:
+            yield from _list_items(text, at)
+            return
+        if start < 0:
+            return
+        yield text[start:end]
+        at = end
+
+
+def _list_items(text: memoryview, start: int = 1) -> Iterator[Any]:
     """The items of a JSON list (``text``, already checked to be valid JSON), parsed one at a time.
 
     A window of the text is decoded at a time (WINDOW_BYTES, more when one item is larger); the json
     module's scanner parses the item at a position and says where it ends.
     """
-    start, size = 1, WINDOW_BYTES  # past the list's "["
+    size = WINDOW_BYTES  # start: past the list's "[", or where the compiled scan stopped
     while True:
         # Not final: a character cut by the window's end is left for the next window.
         window, used = codecs.utf_8_decode(text[start : start + size], "strict", False)
@@ -365,7 +385,10 @@ class ImageStream:
                         break
                     at = index
                     index += 1
-                    data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
+                    if type(item) is memoryview:  # an image's text (the compiled path)
+                        data = wire.image_bytes(item, tz, f"inventories[{at}]")
+                    else:
+                        data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
                     header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
                 length = len(header) + len(data)
                 if size + length > CHUNK_BYTES:

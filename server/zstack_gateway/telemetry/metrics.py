@@ -71,6 +71,12 @@ class Metrics:
         self.zstack_ready = Gauge(
             "zstack_gateway_zstack_ready", "1 while ZStack answers its readiness check, else 0", registry=r
         )
+        self.runtime = Gauge(
+            "zstack_gateway_runtime",
+            "1 for how this process runs: translation (compiled or pure) and event loop (asyncio or uvloop)",
+            ["translation", "loop"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
