@@ -719,14 +719,31 @@ cdef int write_message(
     return 0
 
 
+cdef int translate(
+    Input* src, Py_ssize_t start, Py_ssize_t end, Days days, Out* out, Out* scratch, Out* refs
+) except -2:
+    """Append to ``out`` the serialized image whose text is ``src.s[start:end]``; -1 (``out`` as it
+    was) to leave it to the reference."""
+    cdef Slot slots[MAX_FIELDS]
+    cdef Py_ssize_t stop
+    scratch.length = 0
+    refs.length = 0
+    clear(slots, IMAGE_TABLE.top)
+    stop = read_object(src, skip_ws(src.s, start, end), &IMAGE_TABLE, slots, scratch, refs, days)
+    if stop < 0 or stop > end or skip_ws(src.s, stop, end) != end:
+        return -1
+    grow(out, fields_size(&IMAGE_TABLE, slots) + refs.length)
+    write_fields(out, &IMAGE_TABLE, slots, src.s, scratch)
+    put_bytes(out, refs.data, refs.length)
+    return 0
+
+
 def image(object text, Days days not None):
     """The serialized ImageInventory for the JSON text of one image (any object with the buffer
     protocol: bytes, msgspec.Raw), or None to leave it to the reference translation."""
     cdef Py_buffer view
     cdef Input src
     cdef Out out, scratch, refs
-    cdef Slot slots[MAX_FIELDS]
-    cdef Py_ssize_t end
     if not _configured:
         return None
     PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
@@ -736,17 +753,78 @@ def image(object text, Days days not None):
     try:
         src.s = <const unsigned char*>view.buf
         src.n = view.len
-        clear(slots, IMAGE_TABLE.top)
-        end = read_object(&src, skip_ws(src.s, 0, src.n), &IMAGE_TABLE, slots, &scratch, &refs, days)
-        if end < 0 or skip_ws(src.s, end, src.n) != src.n:
+        if translate(&src, 0, src.n, days, &out, &scratch, &refs) < 0:
             return None
-        grow(&out, fields_size(&IMAGE_TABLE, slots) + refs.length)
-        write_fields(&out, &IMAGE_TABLE, slots, src.s, &scratch)
-        put_bytes(&out, refs.data, refs.length)
         return PyBytes_FromStringAndSize(<const char*>out.data, out.length)
     finally:
         PyBuffer_Release(&view)
         free(out.data)
+        free(scratch.data)
+        free(refs.data)
+
+
+#: Why take() stopped.
+FULL = 0       # max_images taken, or the next image does not fit in max_bytes (size: its framed size)
+END = 1        # the list's end
+REFERENCE = 2  # the next image is left to the reference translation
+LOST = 3       # the text does not read as a list at pos
+
+
+def take(object text, Py_ssize_t pos, Py_ssize_t max_images, Py_ssize_t max_bytes, Days days not None):
+    """Translate the images of the JSON list ``text`` from ``pos`` (1, just past its ``[``, or where
+    the image before ended), each framed as field 1 of GetCandidateIsoResponse, while at most
+    ``max_images`` images and ``max_bytes`` bytes are taken.
+
+    Returns ``(data, images, pos, stop, size)``: the framed images, how many, where the next one
+    starts, why it stopped (FULL, END, REFERENCE, LOST) and, for FULL on an image that did not fit,
+    that image's framed size (else 0)."""
+    cdef Py_buffer view
+    cdef Input src
+    cdef Out out, one, scratch, refs
+    cdef Py_ssize_t count = 0, size = 0, i, end
+    cdef int c, stop = FULL
+    PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
+    out.data = one.data = scratch.data = refs.data = NULL
+    out.length = one.length = scratch.length = refs.length = 0
+    out.capacity = one.capacity = scratch.capacity = refs.capacity = 0
+    try:
+        src.s = <const unsigned char*>view.buf
+        src.n = view.len
+        if not _configured or at(src.s, 0, src.n) != 91 or not 1 <= pos <= src.n:
+            stop = LOST
+        while stop == FULL and count < max_images:
+            i = skip_ws(src.s, pos, src.n)
+            c = at(src.s, i, src.n)
+            if c == 93:  # ]
+                stop = END
+                break
+            if pos > 1:
+                if c != 44:
+                    stop = LOST
+                    break
+                i = skip_ws(src.s, i + 1, src.n)
+            end = skip_value(src.s, i, src.n)
+            if end < 0:
+                stop = LOST
+                break
+            one.length = 0
+            if translate(&src, i, end, days, &one, &scratch, &refs) < 0:
+                stop = REFERENCE
+                break
+            size = 1 + varint_size(<uint64_t>one.length) + one.length
+            if out.length + size > max_bytes:
+                break
+            size = 0
+            put_byte(&out, 0x0A)
+            put_varint(&out, <uint64_t>one.length)
+            put_bytes(&out, one.data, one.length)
+            count += 1
+            pos = end
+        return (PyBytes_FromStringAndSize(<const char*>out.data, out.length), count, pos, stop, size)
+    finally:
+        PyBuffer_Release(&view)
+        free(out.data)
+        free(one.data)
         free(scratch.data)
         free(refs.data)
 

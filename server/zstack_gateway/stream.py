@@ -95,7 +95,7 @@ _ENVELOPE: Final = msgspec.json.Decoder(_Envelope)
 _END: Final = object()
 
 
-def _items_of(body: Body) -> Iterator[Any]:
+def _items_of(body: Body) -> Iterator[Any] | _Cursor:
     """The items of a success body ``{"inventories": [...]}``, parsed one at a time as asked for.
 
     Raises, before any image is read, the errors the full parse gives: GatewayError (ZSTACK_BAD_RESPONSE)
@@ -109,7 +109,7 @@ def _items_of(body: Body) -> Iterator[Any]:
         else:
             text = memoryview(envelope.inventories)  # a view into body: nothing is copied
             if text[0] == ord("["):
-                return _item_texts(text) if wire.PATH == "compiled" else _list_items(text)
+                return _Cursor(text) if wire.PATH == "compiled" else _list_items(text)
     # What the check refused: the full parse says why, in the words it always used, or (JSON that only
     # orjson accepts, e.g. nesting msgspec finds too deep) gives the list.
     try:
@@ -167,21 +167,27 @@ def _deep_item(window: str, at: int) -> tuple[Any, int] | None:
                 raise errors.bad_response(f"the body is not valid JSON ({exc.msg})") from None
 
 
-def _item_texts(text: memoryview) -> Iterator[Any]:
-    """The text of each item of a JSON list (``text``, already checked to be valid JSON), as views
-    into it. Should the compiled scan not follow the text, the json module's scanner goes on from
-    where it stopped."""
-    at = 1  # past the list's "["
-    while True:
+class _Cursor:
+    """The compiled path's place in the list's text (``text``, already checked to be valid JSON):
+    ``pos`` is 1 (past its ``[``) or where the last image taken ended."""
+
+    __slots__ = ("pos", "text")
+
+    def __init__(self, text: memoryview) -> None:
+        self.text = text
+        self.pos = 1
+
+    def next_text(self) -> memoryview | None:
+        """The next image's text (the cursor moves past it); None where the compiled scan cannot
+        follow the text (the json module's scanner then goes on from ``pos``)."""
         try:
-            start, end = wire.next_item(text, at)
+            start, end = wire.next_item(self.text, self.pos)
         except ValueError:
-            yield from _list_items(text, at)
-            return
+            return None
         if start < 0:
-            return
-        yield text[start:end]
-        at = end
+            return None
+        self.pos = end
+        return self.text[start:end]
 
 
 def _list_items(text: memoryview, start: int = 1) -> Iterator[Any]:
@@ -268,7 +274,7 @@ class ImageStream:
     ) -> None:
         self._account = account
         self._body_bytes = len(body)
-        self._items: Iterator[Any] | None = None
+        self._items: Iterator[Any] | _Cursor | None = None
         self._built: list[Chunk | None] = []
         self._closed = False
         try:
@@ -378,6 +384,31 @@ class ImageStream:
                 if carry is not None:
                     at, header, data = carry
                     carry = None
+                elif isinstance(items, _Cursor):
+                    # The compiled path: as many images as fit, framed, in one step.
+                    data, count, items.pos, stop, over = wire.take(
+                        items.text, items.pos, limit - images, CHUNK_BYTES - size, tz
+                    )
+                    if count:
+                        pieces.append(data)
+                        size += len(data)
+                        images += count
+                        index += count
+                    if stop == wire.END:
+                        self._drop_body()
+                        break
+                    if stop == wire.FULL:
+                        if over and not images:
+                            raise errors.image_too_large(index, over, CHUNK_BYTES)
+                        break
+                    text = items.next_text() if stop == wire.REFERENCE else None
+                    if text is None:  # the compiled scan lost the text: the json module's goes on
+                        items = self._items = _list_items(items.text, items.pos)
+                        continue
+                    at = index
+                    index += 1
+                    data = wire.reference_bytes(text, tz, f"inventories[{at}]")
+                    header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
                 else:
                     item = _END if items is None else next(items, _END)
                     if item is _END:
@@ -385,10 +416,7 @@ class ImageStream:
                         break
                     at = index
                     index += 1
-                    if type(item) is memoryview:  # an image's text (the compiled path)
-                        data = wire.image_bytes(item, tz, f"inventories[{at}]")
-                    else:
-                        data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
+                    data = translate.image_from_json(item, tz, f"inventories[{at}]").SerializeToString()
                     header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
                 length = len(header) + len(data)
                 if size + length > CHUNK_BYTES:

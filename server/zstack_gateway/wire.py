@@ -31,7 +31,7 @@ from zstack.v1 import image_pb2
 
 from zstack_gateway import errors, translate
 
-__all__ = ["PATH", "image_bytes", "next_item", "reference_bytes"]
+__all__ = ["END", "FULL", "PATH", "REFERENCE", "image_bytes", "next_item", "reference_bytes", "take"]
 
 
 def _load() -> ModuleType | None:
@@ -119,6 +119,26 @@ def image_bytes(text: Any, tz: ZoneInfo, path: str) -> bytes:
         if data is not None:
             return data
     return reference_bytes(text, tz, path)
+
+
+#: Why :func:`take` stopped: FULL (the images or bytes asked for are taken; ``over``, when not 0, is
+#: the framed size of the next image, which did not fit), END (the list's end), REFERENCE (the next
+#: image is left to the reference translation), LOST (the compiled scan cannot follow the text).
+FULL: Final = 0
+END: Final = 1
+REFERENCE: Final = 2
+LOST: Final = 3
+
+
+def take(
+    text: memoryview, pos: int, max_images: int, max_bytes: int, tz: ZoneInfo
+) -> tuple[bytes, int, int, int, int]:
+    """Compiled path only: the images of the list ``text`` from ``pos``, translated and each framed as
+    field 1 (``inventories``) of GetCandidateIsoResponse, at most ``max_images`` and ``max_bytes``.
+    Returns ``(data, images, pos, stop, over)``: see FULL and the other reasons above."""
+    assert _compiled is not None
+    taken: tuple[bytes, int, int, int, int] = _compiled.take(text, pos, max_images, max_bytes, _days_of(tz))
+    return taken
 
 
 def next_item(text: memoryview, pos: int) -> tuple[int, int]:
