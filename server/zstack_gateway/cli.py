@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from zstack_gateway import app, workers
+from zstack_gateway import app, loops, workers
 from zstack_gateway.settings import Config, ConfigError, Secret
 from zstack_gateway.telemetry import logs
 
@@ -229,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(config: Config) -> int:
     try:
-        asyncio.run(_run(config))
+        with asyncio.Runner(loop_factory=loops.loop_factory()) as runner:
+            runner.run(_run(config))
     except ConfigError as exc:  # a setting that could not work only at start, e.g. a port in use
         print(f"zstack-gateway: {exc}", file=sys.stderr)
         return 2

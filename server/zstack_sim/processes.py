@@ -47,8 +47,8 @@ GATEWAY_READY = re.compile(r"zstack-gateway ready on (127\.0\.0\.1:\d+)")
 #: Environment variables a started process does not inherit (by prefix).
 SETTINGS_PREFIXES = ("GATEWAY_", "ZSTACK_")
 #: Kept although they match SETTINGS_PREFIXES: how the process runs, not a setting (the gateway's
-#: pure-Python translation path, forced).
-KEPT_ENV = frozenset({"ZSTACK_GATEWAY_PURE"})
+#: pure-Python translation path, or asyncio's own event loop, forced).
+KEPT_ENV = frozenset({"ZSTACK_GATEWAY_PURE", "ZSTACK_GATEWAY_LOOP"})
 
 
 class StartError(RuntimeError):
