@@ -6,6 +6,7 @@ where the compiled half is skipped)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import datetime, timedelta
@@ -395,3 +396,101 @@ def test_the_gateway_says_at_start_which_path_it_runs(gateway_process):
     assert f"translation: {wire.PATH} path; event loop: " in gw.log()
     gw = gateway_process(env={"ZSTACK_GATEWAY_PURE": "1"})
     assert "translation: pure path; event loop: " in gw.log()
+
+
+# --- the up-front check of a large body, in slices ----------------------------------------------------
+
+
+def _outcome(make):
+    try:
+        return [chunk.data for chunk in make().messages()]
+    except errors.GatewayError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@pytest.fixture
+def small_slices():
+    """Slices of a few hundred bytes, so that small bodies are checked the sliced way."""
+    saved = stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES
+    stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES = 1, 300
+    yield
+    stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES = saved
+
+
+_SMALL_BODY = _body("Asia/Shanghai", 12)
+
+
+def _sliced(body: bytes):
+    async def run():
+        return await stream.open_stream(bytearray(body), ZoneInfo("Asia/Shanghai"))
+
+    return asyncio.run(run())
+
+
+@compiled
+@pytest.mark.parametrize(
+    "body",
+    [
+        _SMALL_BODY,
+        b' \n{ "total" : 12 , "inventories" : ' + _SMALL_BODY[15:-1] + b', "schema": {"a": [1, 2]} }\n',
+        _SMALL_BODY[:-1] + b', "inventories": []}',
+        _SMALL_BODY[:-1] + b', "inventorie\\u0073": []}',
+        b'{"inventories": []}',
+        b'{"inventories": [ ]}',
+        b'{"inventories": [{}, {}, 5, "x", null, [1]]}',
+        b'{"inventories": {}}',
+        b'{"inventories": [{}],}',
+        b'{"inventories": [{},]}',
+        b'{"inventories": [{} {}]}',
+        b'{"inventories": [{}]} x',
+        b'{"inventories": [{"name": "\xff"}]}',
+        b'{"inventories": [{"name": "\\ud800"}]}',
+        b'{"inventories": [' + b"[" * 1200 + b"]" * 1200 + b"]}",
+        b'{"x": "' + b"a" * 70000 + b'", "inventories": [{}]}',
+        b'["inventories"]',
+        _SMALL_BODY[:-2] + b",]}",
+        _SMALL_BODY[:-2] + b", ]}",
+        _SMALL_BODY[:-2] + b"," + b" " * 100 + b"]}",
+        b'{"inventories": [' + b",".join([b'{"name": "' + b"a" * 400 + b'},{\\"q\\": 1}"}'] * 5) + b"]}",
+        b'{"inventories": [' + b",".join([b'{"name": "' + b"a" * 400 + b'"},{"q": [1, 2]}'] * 5) + b"]}",
+        b'{"inventories": ['
+        + b",".join([b'{"name": "' + b"a" * 400 + b'"}'] * 5)
+        + b'], "inventories": [{}]}',
+        b'{"inventories": ['
+        + b",".join([b'{"name": "' + b"a" * 400 + b'"}'] * 5)
+        + b'], "inventorie\\u0073": [{}]}',
+        b'{"inventories": [' + b",\n  ".join([b'{"name": "' + b"a" * 400 + b'"}'] * 5) + b"]}",
+    ],
+)
+def test_the_sliced_check_reads_a_body_as_the_whole_check_does(body, small_slices):
+    tz = ZoneInfo("Asia/Shanghai")
+    assert _outcome(lambda: _sliced(body)) == _outcome(lambda: stream.ImageStream(bytearray(body), tz))
+
+
+@compiled
+def test_the_sliced_check_passes_what_zstack_sends(small_slices):
+    assert asyncio.run(stream._sliced_check(bytearray(_SMALL_BODY))) is not None
+
+
+@compiled
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    position=st.integers(0, len(_SMALL_BODY) - 1),
+    action=st.sampled_from(["delete", "insert", "replace"]),
+    byte=st.sampled_from(list(b'{}[],:" \\0a-.e\xff')),
+)
+def test_the_sliced_check_reads_a_damaged_body_as_the_whole_check_does(position, action, byte):
+    body = bytearray(_SMALL_BODY)
+    if action == "delete":
+        del body[position]
+    elif action == "insert":
+        body.insert(position, byte)
+    else:
+        body[position] = byte
+    saved = stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES
+    stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES = 1, 300
+    try:
+        sliced = _outcome(lambda: _sliced(bytes(body)))
+    finally:
+        stream.SLICED_CHECK_BYTES, stream.CHECK_SLICE_BYTES = saved
+    assert sliced == _outcome(lambda: stream.ImageStream(bytearray(body), ZoneInfo("Asia/Shanghai")))

@@ -19,7 +19,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 # Field kinds, as translate.py numbers them.
 cdef enum:
@@ -231,7 +231,15 @@ cdef Py_ssize_t string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, b
     """``i`` at an opening quote: the index past the closing one, or -1. Sets ``escaped`` when the
     string holds a backslash."""
     cdef unsigned char c
+    cdef const unsigned char* quote
     i += 1
+    # The common case first: the closing quote with no backslash or control character before it.
+    quote = <const unsigned char*>memchr(s + i, 34, n - i) if i < n else NULL
+    if quote is NULL:
+        return -1
+    if memchr(s + i, 92, quote - (s + i)) is NULL:
+        # (A control character in it is left to the JSON check every text passes before or after.)
+        return quote - s + 1
     while i < n:
         c = s[i]
         if c == 34:  # "
@@ -855,5 +863,128 @@ def next_item(object text, Py_ssize_t pos):
         if end < 0:
             raise ValueError("an item that does not end")
         return (i, end)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef const char* INVENTORIES = b"inventories"
+
+
+def list_start(object text, Py_ssize_t limit):
+    """Where the list under the top-level key ``inventories`` starts in the body ``text`` (an object),
+    found within the first ``limit`` bytes; -1 for anything else (another shape, an escaped key, a key
+    before it whose value runs past ``limit``): the caller then checks the body the usual way."""
+    cdef Py_buffer view
+    cdef const unsigned char* s
+    cdef Py_ssize_t n, i, j
+    cdef bint escaped, found
+    PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
+    try:
+        s = <const unsigned char*>view.buf
+        n = min(view.len, limit)
+        i = skip_ws(s, 0, n)
+        if at(s, i, n) != 123:
+            return -1
+        i = skip_ws(s, i + 1, n)
+        while True:
+            if at(s, i, n) != 34:
+                return -1
+            escaped = False
+            j = string_end(s, i, n, &escaped)
+            if j < 0 or escaped:
+                return -1
+            found = j - i - 2 == 11 and memcmp(s + i + 1, INVENTORIES, 11) == 0
+            i = skip_ws(s, j, n)
+            if at(s, i, n) != 58:
+                return -1
+            i = skip_ws(s, i + 1, n)
+            if found:
+                return i if at(s, i, n) == 91 else -1
+            i = skip_value(s, i, n)
+            if i < 0:
+                return -1
+            i = skip_ws(s, i, n)
+            if at(s, i, n) != 44:
+                return -1
+            i = skip_ws(s, i + 1, n)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def items_span(object text, Py_ssize_t pos, Py_ssize_t size):
+    """From ``pos`` in a list's text (just past its ``[``, or where an item ended), the items that
+    start within the next ``size`` bytes: ``(first, last, end)``, the first one's start (``last``
+    when there is none), the last one's end, and past the list's ``]`` when the list ends there
+    (else -1). ValueError where the text does not read as a list."""
+    cdef Py_buffer view
+    cdef const unsigned char* s
+    cdef Py_ssize_t n, i, first = -1, last = pos, stop
+    cdef int c
+    cdef bint opening
+    PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
+    try:
+        s = <const unsigned char*>view.buf
+        n = view.len
+        if not 1 <= pos <= n:
+            raise ValueError("a position outside the text")
+        opening = s[pos - 1] == 91
+        stop = pos + size
+        i = pos
+        while True:
+            i = skip_ws(s, i, n)
+            c = at(s, i, n)
+            if c == 93:
+                return (first if first >= 0 else last, last, i + 1)
+            if i >= stop:
+                return (first if first >= 0 else last, last, -1)
+            if not opening:
+                if c != 44:
+                    raise ValueError("no comma between items")
+                i = skip_ws(s, i + 1, n)
+            opening = False
+            if first < 0:
+                first = i
+            i = skip_value(s, i, n)
+            if i < 0:
+                raise ValueError("an item that does not end")
+            last = i
+    finally:
+        PyBuffer_Release(&view)
+
+
+def top_level_key(object text, Py_ssize_t pos):
+    """What follows a member's value in a body's top-level object, from ``pos``: 0 for members with
+    neither the key ``inventories`` nor an escaped key, then the closing brace; 1 for such a key; -1
+    where it does not read as the rest of an object."""
+    cdef Py_buffer view
+    cdef const unsigned char* s
+    cdef Py_ssize_t n, i, j
+    cdef bint escaped
+    PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
+    try:
+        s = <const unsigned char*>view.buf
+        n = view.len
+        i = skip_ws(s, pos, n)
+        while True:
+            if at(s, i, n) == 125:
+                return 0 if skip_ws(s, i + 1, n) == n else -1
+            if at(s, i, n) != 44:
+                return -1
+            i = skip_ws(s, i + 1, n)
+            if at(s, i, n) != 34:
+                return -1
+            escaped = False
+            j = string_end(s, i, n, &escaped)
+            if j < 0:
+                return -1
+            if escaped or (j - i - 2 == 11 and memcmp(s + i + 1, INVENTORIES, 11) == 0):
+                return 1
+            i = skip_ws(s, j, n)
+            if at(s, i, n) != 58:
+                return -1
+            i = skip_value(s, skip_ws(s, i + 1, n), n)
+            if i < 0:
+                return -1
+            i = skip_ws(s, i, n)
     finally:
         PyBuffer_Release(&view)

@@ -57,6 +57,12 @@ CHUNK_IMAGES: Final = 512
 CHUNK_BYTES: Final = 1024 * 1024
 #: Bytes of the list's text decoded at a time (more when one image is larger).
 WINDOW_BYTES: Final = 1024 * 1024
+#: On the compiled path, bodies of at least this size are checked up front in slices of
+#: CHECK_SLICE_BYTES, the event loop serving other calls between two slices (see open_stream).
+SLICED_CHECK_BYTES: Final = 16 * 1024 * 1024
+CHECK_SLICE_BYTES: Final = 1024 * 1024
+#: How far into a body the sliced check looks for the ``inventories`` key.
+_LIST_START_LIMIT: Final = 64 * 1024
 
 # The tag of GetCandidateIsoResponse.inventories: field 1, length-delimited.
 _INVENTORIES_TAG: Final = 0x0A
@@ -242,6 +248,70 @@ def _list_items(text: memoryview, start: int = 1) -> Iterator[Any]:
         start = offset
 
 
+async def _sliced_check(body: Body) -> tuple[int, int] | None:
+    """The up-front check of a large body, a slice at a time with a turn of the event loop between
+    two: where the list under ``inventories`` starts and ends, or None for a body this check does
+    not pass (the usual check then reads it, and gives the usual error).
+
+    It passes exactly the bodies the usual check passes, with the list msgspec finds there: valid
+    UTF-8; the list's items, cut into slices where the compiled scan says items end, each slice valid
+    JSON (msgspec, as deep as in the body), the commas between them checked by the scan, so that the
+    slices are the whole list; the object around the list valid for the envelope, with an empty list
+    in its place and no other ``inventories`` (or escaped) key.
+    """
+    view = memoryview(body)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for at in range(0, len(view), CHECK_SLICE_BYTES):
+            decoder.decode(view[at : at + CHECK_SLICE_BYTES])
+            await asyncio.sleep(0)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    start = wire.list_start(view, _LIST_START_LIMIT)
+    if start < 0:
+        return None
+    pos = start + 1
+    while True:
+        try:
+            first, last, end = wire.items_span(view, pos, CHECK_SLICE_BYTES)
+        except ValueError:
+            return None
+        if last > first:
+            try:
+                msgspec.json.decode(b'{"":[' + view[first:last] + b"]}", type=msgspec.Raw)
+            except (msgspec.DecodeError, RecursionError):
+                return None
+            pos = last
+        if end >= 0:
+            break
+        await asyncio.sleep(0)
+    if start + len(view) - end > CHECK_SLICE_BYTES or wire.top_level_key(view, end) != 0:
+        return None
+    try:
+        _ENVELOPE.decode(bytes(view[:start]) + b"[]" + view[end:])
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return start, end
+
+
+async def open_stream(
+    body: Body, tz: ZoneInfo, account: Account | None = None, *, shared_by: asyncio.Task[Any] | None = None
+) -> ImageStream:
+    """``ImageStream(body, tz, account, shared_by=shared_by)``; on the compiled path, a body of
+    SLICED_CHECK_BYTES or more is checked a slice at a time, so that the check never holds up the
+    event loop for long (the whole check at once takes about 0.8 ms per MB)."""
+    checked = None
+    if wire.PATH == "compiled" and len(body) >= SLICED_CHECK_BYTES:
+        try:
+            checked = await _sliced_check(body)
+        except BaseException:
+            if account is not None:
+                account.close()
+            raise
+    return ImageStream(body, tz, account, shared_by=shared_by, checked=checked)
+
+
 # --- the stream ------------------------------------------------------------------------------------
 
 
@@ -261,7 +331,8 @@ class ImageStream:
     and releases both as it lets them go. ``shared_by``: the task whose result this stream is, when
     coalesced calls may still join it through that task; until the task is gone, messages every
     current reader has taken are kept for readers still to come. None: the stream is not shared
-    beyond the readers it gets at once.
+    beyond the readers it gets at once. ``checked``: where the list starts and ends in ``body``, when
+    :func:`open_stream` has already checked it.
     """
 
     def __init__(
@@ -271,6 +342,7 @@ class ImageStream:
         account: Account | None = None,
         *,
         shared_by: asyncio.Task[Any] | None = None,
+        checked: tuple[int, int] | None = None,
     ) -> None:
         self._account = account
         self._body_bytes = len(body)
@@ -278,7 +350,10 @@ class ImageStream:
         self._built: list[Chunk | None] = []
         self._closed = False
         try:
-            self._items = _items_of(body)
+            if checked is not None:
+                self._items = _Cursor(memoryview(body)[checked[0] : checked[1]])
+            else:
+                self._items = _items_of(body)
         except BaseException:
             self.close()
             raise

@@ -31,7 +31,19 @@ from zstack.v1 import image_pb2
 
 from zstack_gateway import errors, translate
 
-__all__ = ["END", "FULL", "PATH", "REFERENCE", "image_bytes", "next_item", "reference_bytes", "take"]
+__all__ = [
+    "END",
+    "FULL",
+    "PATH",
+    "REFERENCE",
+    "image_bytes",
+    "items_span",
+    "list_start",
+    "next_item",
+    "reference_bytes",
+    "take",
+    "top_level_key",
+]
 
 
 def _load() -> ModuleType | None:
@@ -146,6 +158,34 @@ def next_item(text: memoryview, pos: int) -> tuple[int, int]:
     or where the one before ended); (-1, -1) at the end; ValueError where the scan cannot follow."""
     assert _compiled is not None
     found: tuple[int, int] = _compiled.next_item(text, pos)
+    return found
+
+
+def list_start(body: memoryview, limit: int) -> int:
+    """Compiled path only: where the list under the body's top-level ``inventories`` key starts,
+    found within ``limit`` bytes; -1 for any other shape (an escaped key, a key before it whose value
+    runs past ``limit``, ...)."""
+    assert _compiled is not None
+    start: int = _compiled.list_start(body, limit)
+    return start
+
+
+def items_span(body: memoryview, pos: int, size: int) -> tuple[int, int, int]:
+    """Compiled path only: from ``pos`` in the list (just past its ``[``, or where an item ended), the
+    items that start within ``size`` bytes: ``(first, last, end)``, the first one's start, the last
+    one's end, and past the list's ``]`` when it ends there (else -1); ValueError where the text does
+    not read as a list."""
+    assert _compiled is not None
+    span: tuple[int, int, int] = _compiled.items_span(body, pos, size)
+    return span
+
+
+def top_level_key(body: memoryview, pos: int) -> int:
+    """Compiled path only: 1 when the rest of the body's top-level object from ``pos`` (after a
+    member's value) holds another ``inventories`` key or an escaped key, 0 when not, -1 where it
+    does not read as the rest of an object."""
+    assert _compiled is not None
+    found: int = _compiled.top_level_key(body, pos)
     return found
 
 
