@@ -116,6 +116,12 @@ def rpcs_total(gw: GatewayThread) -> float:
     )
 
 
+#: Channel options that keep a caller's HTTP/2 receive window at grpc's initial 64 KiB (no BDP
+#: probing, which grows it to megabytes): the gateway can then run at most that far ahead of what
+#: the caller reads, and sees a caller that stops reading and leaves end the call.
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
+
+
 def settle(gw: GatewayThread, timeout: float = 5.0) -> None:
     """Wait until the gateway has no call of its services in flight (or fail the test)."""
     end = time.monotonic() + timeout
@@ -273,8 +279,12 @@ async def _mixed_streams(target: str, n: int, seed: int) -> dict[str, tuple[str,
     the call object unread. Returns, by request id, each call's kind and what its caller saw."""
     rng = random.Random(seed)
     seen: dict[str, tuple[str, object]] = {}
-    small = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024)])
-    normal = grpc.aio.insecure_channel(target)
+    # No BDP probing: the callers' receive windows stay at grpc's initial 64 KiB, so a caller that
+    # stops reading stops the gateway's writes however fast it builds the list's messages.
+    small = grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 * 1024), *SMALL_WINDOW]
+    )
+    normal = grpc.aio.insecure_channel(target, options=SMALL_WINDOW)
     try:
         stubs = svc_grpc.VmInstanceServiceStub(normal), svc_grpc.VmInstanceServiceStub(small)
 
@@ -344,7 +354,7 @@ def test_the_logged_outcome_is_what_the_caller_saw(
 
     async def main() -> dict[str, object]:
         seen: dict[str, object] = {}
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with grpc.aio.insecure_channel(target, options=SMALL_WINDOW) as channel:
             stub = svc_grpc.VmInstanceServiceStub(channel)
             # Out of time while ZStack is slow: the caller sees DEADLINE_EXCEEDED.
             big_control.fault(action="delay_only", delay=1.0, times=1)
@@ -359,7 +369,7 @@ def test_the_logged_outcome_is_what_the_caller_saw(
             call = stub.GetCandidateIso(request(), metadata=(*AUTH, ("x-request-id", "ok-1")), timeout=10)
             seen["ok-1"] = C.OK if await read_all(call) == 3000 else "short"
         async with grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024)]
+            target, options=[("grpc.max_receive_message_length", 64 * 1024), *SMALL_WINDOW]
         ) as small:
             stub = svc_grpc.VmInstanceServiceStub(small)
             call = stub.GetCandidateIso(request(), metadata=(*AUTH, ("x-request-id", "small-1")), timeout=10)

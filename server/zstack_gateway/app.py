@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from zstack.v1 import vm_instance_service_pb2 as svc
 
-from zstack_gateway import auth, descriptors, interceptors, tls
+from zstack_gateway import auth, descriptors, interceptors, loops, tls, wire
 from zstack_gateway.auth import callers
 from zstack_gateway.budget import MemoryBudget
 from zstack_gateway.coalesce import Coalescer
@@ -152,6 +152,9 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     undo.push_async_callback(client.close)
     metrics = Metrics()
     metrics.held_bytes.set_function(lambda: budget.held)
+    loop = loops.name(asyncio.get_running_loop())
+    metrics.runtime.labels(translation=wire.PATH, loop=loop).set(1)
+    log.info("translation: %s path; event loop: %s", wire.PATH, loop)
     drain = interceptors.Drain()
     server = grpc.aio.server(
         interceptors=interceptors.chain(drain, metrics, *callers.interceptors(config)),

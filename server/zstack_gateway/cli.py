@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from zstack_gateway import app, workers
+from zstack_gateway import app, loops, workers
 from zstack_gateway.settings import Config, ConfigError, Secret
 from zstack_gateway.telemetry import core_logs, logs
 
@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(config: Config) -> int:
     try:
-        asyncio.run(_run(config))
+        with asyncio.Runner(loop_factory=loops.loop_factory()) as runner:
+            runner.run(_run(config))
     except ConfigError as exc:  # a setting that could not work only at start, e.g. a port in use
         _start_failed(config, str(exc))
         return 2

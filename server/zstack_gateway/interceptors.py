@@ -52,6 +52,9 @@ PREFIX = "/zstack.v1."
 DEFERRED_METADATA_METHODS = frozenset(
     {"/zstack.v1.VmInstanceService/AttachIso", "/zstack.v1.VmInstanceService/DetachIso"}
 )
+#: Wrapped handlers kept per interceptor (one per method; the bound only guards against handlers
+#: made anew for each call).
+_WRAPPED_LIMIT = 256
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
@@ -87,6 +90,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, prefix: str = PREFIX) -> None:
         self._prefix = prefix
+        # The wrapped handler of each (method, handler): made once, not on every call.
+        self._wrapped: dict[tuple[str, Any], Any] = {}
 
     async def handle(self, call: Call, proceed: Proceed) -> Any:
         raise NotImplementedError
@@ -102,6 +107,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler
+        key = (method, handler)
+        try:
+            wrapped = self._wrapped.get(key)
+        except TypeError:  # a handler that cannot be a key: wrapped for each call
+            return self._wrap_handler(handler, method)
+        if wrapped is None:
+            wrapped = self._wrap_handler(handler, method)
+            if len(self._wrapped) >= _WRAPPED_LIMIT:
+                self._wrapped.clear()
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap_handler(self, handler: _Handler, method: str) -> _Handler:
         # grpc's method handlers are namedtuples: replace the behaviour, keep the serializer.
         dynamic: Any = handler
         deserializer = self.request_deserializer(dynamic.request_deserializer)
@@ -212,9 +230,9 @@ def _finish(record: calls.CallRecord) -> None:
     elapsed = record.elapsed()
     metrics = record.metrics
     if metrics is not None:
-        method = record.method.rsplit("/", 1)[-1]
-        metrics.rpcs.labels(method, code.name).inc()
-        metrics.rpc_seconds.labels(method).observe(elapsed)
+        count, seconds = metrics.rpc_children(record.method, code.name)
+        count.inc()
+        seconds.observe(elapsed)
         metrics.images.inc(record.images)
         if record.coalesced:
             metrics.coalesced.inc()

@@ -30,7 +30,7 @@ from zstack_gateway import errors, jobs, translate_vm, validation, writer
 from zstack_gateway.auth import CallerAuth
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.stream import Chunk, ImageStream
+from zstack_gateway.stream import Chunk, ImageStream, open_stream
 from zstack_gateway.telemetry import calls
 from zstack_gateway.upstream import Reply, ZStackClient
 
@@ -157,7 +157,7 @@ class VmInstanceServicer:
         reply = await self._client.get_iso_candidates(query, caller, deadline)
         # Coalesced calls join through the task running this fetch, as long as it exists.
         shared_by = asyncio.current_task() if self.coalescer.enabled else None
-        return ImageStream(reply.body, self._tz, reply.account, shared_by=shared_by)
+        return await open_stream(reply.body, self._tz, reply.account, shared_by=shared_by)
 
 
 def _accepted(context: Any) -> jobs.Accepted:

@@ -46,6 +46,9 @@ GATEWAY_READY = re.compile(r"zstack-gateway ready on (127\.0\.0\.1:\d+)")
 
 #: Environment variables a started process does not inherit (by prefix).
 SETTINGS_PREFIXES = ("GATEWAY_", "ZSTACK_")
+#: Kept although they match SETTINGS_PREFIXES: how the process runs, not a setting (the gateway's
+#: pure-Python translation path, or asyncio's own event loop, forced).
+KEPT_ENV = frozenset({"ZSTACK_GATEWAY_PURE", "ZSTACK_GATEWAY_LOOP"})
 
 
 class StartError(RuntimeError):
@@ -197,7 +200,7 @@ def start(
     the variables starting with one of ``drop_env`` are left out. Raises :class:`StartError` when
     the process exits first or ``timeout`` seconds pass (the process is then killed)."""
     out_path, log_path = log_dir / f"{name}.out", log_dir / f"{name}.log"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(drop_env))}
+    child_env = {k: v for k, v in os.environ.items() if k in KEPT_ENV or not k.startswith(tuple(drop_env))}
     child_env.update(env or {})
     with out_path.open("wb") as out, log_path.open("wb") as log:
         popen = subprocess.Popen(  # noqa: S603 - the caller's own command, no shell

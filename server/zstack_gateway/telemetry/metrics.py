@@ -7,6 +7,8 @@ tag or session ever becomes a label.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -31,6 +33,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.rpcs = Counter(
             "zstack_gateway_rpcs", "RPCs finished, by method and gRPC code", ["method", "code"], registry=r
         )
@@ -71,6 +74,25 @@ class Metrics:
         self.zstack_ready = Gauge(
             "zstack_gateway_zstack_ready", "1 while ZStack answers its readiness check, else 0", registry=r
         )
+        self.runtime = Gauge(
+            "zstack_gateway_runtime",
+            "1 for how this process runs: translation (compiled or pure) and event loop (asyncio or uvloop)",
+            ["translation", "loop"],
+            registry=r,
+        )
+
+    def rpc_children(self, method: str, code: str) -> tuple[Any, Any]:
+        """The ``rpcs`` counter and ``rpc_seconds`` histogram of one full method name (the part after
+        the last "/" is the label) and code, looked up once and then kept."""
+        key = (method, code)
+        children = self._rpc_children.get(key)
+        if children is None:
+            label = method.rsplit("/", 1)[-1]
+            children = (self.rpcs.labels(label, code), self.rpc_seconds.labels(label))
+            if len(self._rpc_children) >= 1024:  # methods are a handful; codes are 17
+                self._rpc_children.clear()
+            self._rpc_children[key] = children
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
