@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -393,9 +394,20 @@ def test_the_gateway_says_at_start_which_path_it_runs(gateway_process):
     if forced:
         assert wire.PATH == "pure"
     gw = gateway_process()
-    assert f"translation: {wire.PATH} path; event loop: " in gw.log()
+    assert _logged(gw, f"translation: {wire.PATH} path; event loop: ")
     gw = gateway_process(env={"ZSTACK_GATEWAY_PURE": "1"})
-    assert "translation: pure path; event loop: " in gw.log()
+    assert _logged(gw, "translation: pure path; event loop: ")
+
+
+def _logged(gw, text: str, wait: float = 15.0) -> bool:
+    """Whether ``text`` shows in the gateway's log within ``wait`` seconds: its log lines reach the
+    file through the stderr pump (telemetry/core_logs.py), possibly after the ready line."""
+    end = time.monotonic() + wait
+    while text not in gw.log():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # --- the up-front check of a large body, in slices ----------------------------------------------------
