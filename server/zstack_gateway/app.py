@@ -154,7 +154,6 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     metrics.held_bytes.set_function(lambda: budget.held)
     loop = loops.name(asyncio.get_running_loop())
     metrics.runtime.labels(translation=wire.PATH, loop=loop).set(1)
-    log.info("translation: %s path; event loop: %s", wire.PATH, loop)
     drain = interceptors.Drain()
     server = grpc.aio.server(
         interceptors=interceptors.chain(drain, metrics, *callers.interceptors(config)),
@@ -191,6 +190,8 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
         )
     await server.start()
     undo.push_async_callback(server.stop, 0)
+    # Said once the port is bound, so that a start-up failure stays one line.
+    log.info("translation: %s path; event loop: %s", wire.PATH, loop)
     gateway = Gateway(config, server, health_servicer, client, port, servicer, metrics, drain)
     await health_servicer.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_listen:
