@@ -9,10 +9,12 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -391,6 +393,33 @@ def test_caller_tokens_guard_the_api_but_not_health_or_reflection(make_gateway, 
         )
         names = {s.name for s in answer.list_services_response.service}
         assert "zstack.v1.VmInstanceService" in names
+
+
+def test_a_refused_caller_gets_its_request_id_one_log_line_and_one_count(make_gateway, sim, tmp_path, caplog):
+    """The caller check runs inside the status and telemetry steps: its refusal is a status with
+    its ErrorInfo, comes with the call's request id, and is logged and counted like any failure."""
+    caplog.set_level(logging.INFO, logger="zstack_gateway")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    gw = make_gateway(**account(caller_tokens_file=str(tokens)))
+    metadata = (("authorization", f"Bearer {TOKEN}x"), ("x-request-id", "refused-1"))
+    call = gw.stub.GetCandidateIso(request(VM), metadata=metadata, timeout=5)
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert decode(info.value).info.reason == "CALLER_TOKEN_INVALID"
+    assert ("x-request-id", "refused-1") in call.initial_metadata()
+    deadline = time.monotonic() + 3  # the line is written as the call ends, on the gateway's thread
+    while time.monotonic() < deadline:
+        lines = [r for r in caplog.records if getattr(r, "request_id", None) == "refused-1"]
+        text = gw.gateway.metrics.render().decode()
+        if lines and "zstack_gateway_rpcs_in_flight 0.0" in text:
+            break
+        time.sleep(0.02)
+    assert [(r.grpc_code, r.levelname) for r in lines] == [("UNAUTHENTICATED", "WARNING")]
+    assert 'zstack_gateway_rpcs_total{code="UNAUTHENTICATED",method="GetCandidateIso"} 1.0' in text
+    assert "zstack_gateway_rpcs_in_flight 0.0" in text
+    assert TOKEN not in caplog.text
+    assert not iso_requests(sim)
 
 
 def test_caller_tokens_from_the_environment(simulator, monkeypatch):

@@ -9,12 +9,14 @@ that sends what grpc's clients refuse to send (a metadata value that is not UTF-
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -276,3 +278,74 @@ def test_a_valid_traceparent_reaches_zstack(stub, sim: SimControl):
     assert _forwarded(stub, sim, (("traceparent", valid),)) == valid
     later = f"01-{TRACE}-{PARENT}-00"  # a later version in the same form, sampled flag off
     assert _forwarded(stub, sim, (("traceparent", later),)) == later
+
+
+# --- lines written in batches ------------------------------------------------------------------------
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _batching(delay: float = 0.05) -> tuple[logging.Logger, _Writes, logs.BatchingHandler]:
+    stream = _Writes()
+    handler = logs.BatchingHandler(stream, delay=delay)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.Logger("batching-test")
+    logger.addHandler(handler)
+    return logger, stream, handler
+
+
+def test_lines_logged_on_the_event_loop_go_out_together_within_the_delay():
+    logger, stream, _ = _batching()
+
+    async def main() -> list[int]:
+        for i in range(50):
+            logger.info("call %d", i)
+        seen = [len(stream.writes)]
+        await asyncio.sleep(0.2)
+        seen.append(len(stream.writes))
+        return seen
+
+    assert asyncio.run(main()) == [0, 1]
+    lines = stream.writes[0].splitlines()
+    assert [json.loads(line)["message"] for line in lines] == [f"call {i}" for i in range(50)]
+
+
+def test_errors_lines_off_the_loop_and_flush_do_not_wait_and_keep_the_order():
+    logger, stream, handler = _batching(delay=60)
+
+    async def main() -> None:
+        logger.info("first")
+        logger.error("an error")  # at once, with the line before it
+        written = "".join(stream.writes).splitlines()
+        assert [json.loads(x)["message"] for x in written] == ["first", "an error"]
+        logger.info("waits")
+        thread = threading.Thread(target=logger.info, args=("from a thread",))
+        thread.start()
+        thread.join()  # no event loop there: at once, after the waiting line
+        logger.info("waits too")
+        handler.flush()
+
+    asyncio.run(main())
+    messages = [json.loads(x)["message"] for x in "".join(stream.writes).splitlines()]
+    assert messages == ["first", "an error", "waits", "from a thread", "waits too"]
+
+
+def test_a_long_batch_goes_out_before_the_delay():
+    logger, stream, _ = _batching(delay=60)
+
+    async def main() -> int:
+        for _ in range(200):
+            logger.info("x" * 1000)
+        return len(stream.writes)
+
+    assert asyncio.run(main()) >= 2  # 64 KiB of waiting lines makes the batch go out

@@ -17,7 +17,6 @@ from aiohttp import web
 from zstack_gateway import errors, interceptors
 from zstack_gateway.auth import PassThrough
 from zstack_gateway.auth.account import AccountLogin
-from zstack_gateway.auth.callers import CallerTokenInterceptor
 from zstack_gateway.deadline import Deadline
 from zstack_gateway.retry import RetryPolicy
 from zstack_gateway.settings import Secret
@@ -109,19 +108,7 @@ def test_a_seeded_policy_repeats_its_pauses():
 
 
 # ---------------------------------------------------------------------------------------------
-# The interceptors' order
-
-
-def test_the_interceptor_order_is_telemetry_then_status_then_the_caller_check():
-    drain = interceptors.Drain()
-    token = CallerTokenInterceptor([Secret("t" * 32)])
-    order = interceptors.chain(drain, None, token)
-    assert [type(i) for i in order] == [
-        interceptors.TelemetryInterceptor,
-        interceptors.StatusInterceptor,
-        CallerTokenInterceptor,
-    ]
-    assert all(isinstance(i, interceptors.CallInterceptor) for i in order)
+# The drain
 
 
 def test_the_drain_is_idle_only_when_no_call_and_no_status_is_left():

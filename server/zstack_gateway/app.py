@@ -156,7 +156,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     metrics.runtime.labels(translation=wire.PATH, loop=loop).set(1)
     drain = interceptors.Drain()
     server = grpc.aio.server(
-        interceptors=interceptors.chain(drain, metrics, *callers.interceptors(config)),
+        interceptors=interceptors.chain(drain, metrics, *callers.checks(config)),
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

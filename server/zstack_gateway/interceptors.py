@@ -1,22 +1,24 @@
-"""The RPC boundary of the zstack.v1 services: interceptors that serve any RPC, unary or streaming.
+"""The RPC boundary of the zstack.v1 services: one interceptor that serves any RPC, unary or streaming.
 
-Three interceptors, in this order (outermost first; :func:`chain` is the one place that sets it):
+:class:`GatewayInterceptor` runs every call of the wrapped services as one coroutine in grpc's task
+for it, in three steps (outermost first):
 
-1. :class:`TelemetryInterceptor` opens the call's :class:`~zstack_gateway.telemetry.calls.CallRecord`,
-   sends its request id in the initial metadata, keeps the in-flight count the shutdown drain waits
-   on (:class:`Drain`), and when the call is over writes its one log line and its metrics, with the
-   outcome the status interceptor recorded.
-2. :class:`StatusInterceptor` is the one place where exceptions become statuses: whatever the rest
-   of the call raises is classified by :mod:`zstack_gateway.errors` and sent as the rich status
+1. **Telemetry**: it opens the call's :class:`~zstack_gateway.telemetry.calls.CallRecord`, sends
+   its request id in the initial metadata, keeps the in-flight count the shutdown drain waits on
+   (:class:`Drain`), and when the call is over writes its one log line and its metrics, with the
+   outcome step 2 recorded.
+2. **Statuses**: the one place where exceptions become statuses. Whatever the rest of the call
+   raises is classified by :mod:`zstack_gateway.errors` and sent as the rich status
    :mod:`zstack_gateway.status` builds. It also refuses requests that are not valid protobuf
    (INVALID_ARGUMENT) and new calls while the gateway drains (UNAVAILABLE).
-3. The caller-token check (:mod:`zstack_gateway.auth.callers`), when caller tokens are configured.
+3. **Caller checks** (:mod:`zstack_gateway.auth.callers`: the caller token, when configured), whose
+   refusals step 2 maps like any other failure.
 
-Each is a :class:`CallInterceptor`: it wraps unary-unary and unary-stream handlers alike, around a
-``proceed`` that runs the rest of the call, so a new RPC gets status mapping, logs, metrics and the
-drain without a line of its own. The handlers they wrap are coroutines (a streaming servicer method
-writes its messages itself: see :mod:`zstack_gateway.writer`), so every call runs as one coroutine
-in grpc's task for it: its bookkeeping cannot be skipped, nor run in another context.
+The steps are one coroutine, not a chain of interceptors, so a call pays for one wrapper, one
+context-variable switch and one handler look-up, however many steps there are. A new RPC gets
+status mapping, logs, metrics and the drain without a line of its own. The handlers it wraps are
+coroutines (a streaming servicer method writes its messages itself: see :mod:`zstack_gateway.writer`),
+so a call's bookkeeping cannot be skipped, nor run in another context.
 
 Statuses: a call that grpc has already ended (the caller's deadline passed, or the caller went away)
 gets no second status, since sending one for a call grpc finished makes it fail inside and log a
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -61,18 +63,9 @@ if TYPE_CHECKING:
     _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-#: Runs the rest of the call: the next interceptor, then the handler. Returns the unary response
-#: (None for a stream, whose messages the handler writes itself).
-Proceed: TypeAlias = Callable[[], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Call:
-    """What an interceptor knows of one call."""
-
-    method: str
-    request: Any
-    context: Any  # grpc.aio.ServicerContext
+#: A caller check: None when the call's invocation metadata may proceed, else the error that
+#: refuses it (see :mod:`zstack_gateway.auth.callers`).
+CallerCheck: TypeAlias = Callable[[Any], "errors.GatewayError | None"]
 
 
 class UndecodableRequest:
@@ -84,60 +77,19 @@ class UndecodableRequest:
         self.problem = problem
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the unary-unary and unary-stream handlers of the methods under ``prefix``: each call runs
-    :meth:`handle` with a ``proceed`` that runs the rest. Subclasses implement :meth:`handle`."""
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """``deserializer``, handing a decoding failure to the call (INVALID_ARGUMENT) instead of raising
+    it inside grpc, which would answer UNKNOWN with the exception's text and log a traceback."""
 
-    def __init__(self, prefix: str = PREFIX) -> None:
-        self._prefix = prefix
-        # The wrapped handler of each (method, handler): made once, not on every call.
-        self._wrapped: dict[tuple[str, Any], Any] = {}
-
-    async def handle(self, call: Call, proceed: Proceed) -> Any:
-        raise NotImplementedError
-
-    def request_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Any:
-        """The request deserializer to use instead of ``deserializer`` (the same one by default)."""
-        return deserializer
-
-    async def intercept_service(
-        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
-            return handler
-        key = (method, handler)
+    def deserialize(raw: bytes) -> Any:
+        if deserializer is None:
+            return raw
         try:
-            wrapped = self._wrapped.get(key)
-        except TypeError:  # a handler that cannot be a key: wrapped for each call
-            return self._wrap_handler(handler, method)
-        if wrapped is None:
-            wrapped = self._wrap_handler(handler, method)
-            if len(self._wrapped) >= _WRAPPED_LIMIT:
-                self._wrapped.clear()
-            self._wrapped[key] = wrapped
-        return wrapped
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError, and whatever a broken input makes the parser raise
+            return UndecodableRequest(f"{type(exc).__name__}: {str(exc)[:200]}")
 
-    def _wrap_handler(self, handler: _Handler, method: str) -> _Handler:
-        # grpc's method handlers are namedtuples: replace the behaviour, keep the serializer.
-        dynamic: Any = handler
-        deserializer = self.request_deserializer(dynamic.request_deserializer)
-        if dynamic.unary_stream is not None:
-            return dynamic._replace(  # type: ignore[no-any-return]
-                unary_stream=self._wrap(dynamic.unary_stream, method), request_deserializer=deserializer
-            )
-        if dynamic.unary_unary is not None:
-            return dynamic._replace(  # type: ignore[no-any-return]
-                unary_unary=self._wrap(dynamic.unary_unary, method), request_deserializer=deserializer
-            )
-        return handler  # streaming requests: zstack.v1 has none
-
-    def _wrap(self, behaviour: Callable[[Any, _Context], Awaitable[Any]], method: str) -> Any:
-        async def serve(request: Any, context: _Context) -> Any:
-            return await self.handle(Call(method, request, context), lambda: behaviour(request, context))
-
-        return serve
+    return deserialize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,45 +136,148 @@ class Drain:
             self.idle.set()
 
 
-class TelemetryInterceptor(CallInterceptor):
-    """The call's record, request id, drain count, log line and metrics."""
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the unary-unary and unary-stream handlers of the methods under ``prefix``: telemetry,
+    statuses and ``checks`` (caller checks, in order) around each call (see the module's text)."""
 
-    def __init__(self, drain: Drain, metrics: Metrics | None = None, prefix: str = PREFIX) -> None:
-        super().__init__(prefix)
+    def __init__(
+        self,
+        drain: Drain,
+        metrics: Metrics | None = None,
+        checks: Sequence[CallerCheck] = (),
+        prefix: str = PREFIX,
+    ) -> None:
         self._drain = drain
         self._metrics = metrics
+        self._checks = tuple(checks)
+        self._prefix = prefix
+        # The wrapped handler of each (method, handler): made once, not on every call.
+        self._wrapped: dict[tuple[str, Any], Any] = {}
+        #: Calls between their start and their log line (the ``rpcs_in_flight`` gauge reads it
+        #: when scraped: nothing to update per call).
+        self.serving = 0
+        if metrics is not None:
+            metrics.rpcs_in_flight.set_function(lambda: self.serving)
 
-    async def handle(self, call: Call, proceed: Proceed) -> Any:
-        metadata = call.context.invocation_metadata()
-        record = calls.CallRecord(
-            method=call.method,
-            request_id=calls.request_id_from(metadata),
-            traceparent=calls.traceparent_from(metadata),
-            metrics=self._metrics,
-            vm_instance_uuid=getattr(call.request, "vm_instance_uuid", None) or None,
-        )
-        token = calls.current.set(record)
-        self._drain.opened()
-        # The drain counts the call until grpc is done with it, final status sent: a server stopped
-        # between the handler's end and that status would cut the status off.
-        call.context.add_done_callback(self._drain.done)
-        if self._metrics is not None:
-            self._metrics.rpcs_in_flight.inc()
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        key = (method, handler)
         try:
-            if call.method not in DEFERRED_METADATA_METHODS:
-                await calls.send_initial_metadata(call.context, record)
-            return await proceed()
-        except asyncio.CancelledError:
-            if record.code == grpc.StatusCode.OK:  # ended before the status interceptor saw it
-                record.code = ended_code(call.context)
-            raise
-        finally:
-            calls.current.reset(token)
-            # Logged and counted before it stops counting as in flight: whoever sees the gateway
-            # idle (a drain, a test) sees every call's line and count.
-            _finish(record)
-            if self._metrics is not None:
-                self._metrics.rpcs_in_flight.dec()
+            wrapped = self._wrapped.get(key)
+        except TypeError:  # a handler that cannot be a key: wrapped for each call
+            return self._wrap_handler(handler, method)
+        if wrapped is None:
+            wrapped = self._wrap_handler(handler, method)
+            if len(self._wrapped) >= _WRAPPED_LIMIT:
+                self._wrapped.clear()
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap_handler(self, handler: _Handler, method: str) -> _Handler:
+        # grpc's method handlers are namedtuples: replace the behaviour, keep the serializer.
+        dynamic: Any = handler
+        deserializer = _tolerant(dynamic.request_deserializer)
+        if dynamic.unary_stream is not None:
+            return dynamic._replace(  # type: ignore[no-any-return]
+                unary_stream=self._wrap(dynamic.unary_stream, method), request_deserializer=deserializer
+            )
+        if dynamic.unary_unary is not None:
+            return dynamic._replace(  # type: ignore[no-any-return]
+                unary_unary=self._wrap(dynamic.unary_unary, method), request_deserializer=deserializer
+            )
+        return handler  # streaming requests: zstack.v1 has none
+
+    def _wrap(self, behaviour: Callable[[Any, _Context], Awaitable[Any]], method: str) -> Any:
+        deferred_metadata = method in DEFERRED_METADATA_METHODS
+        drain, metrics, checks = self._drain, self._metrics, self._checks
+
+        async def serve(request: Any, context: Any) -> Any:  # context: grpc.aio.ServicerContext
+            # 1. Telemetry: the call's record, its request id, the drain's count.
+            metadata = context.invocation_metadata()
+            record = calls.CallRecord(
+                method=method,
+                request_id=calls.request_id_from(metadata),
+                traceparent=calls.traceparent_from(metadata),
+                metrics=metrics,
+                vm_instance_uuid=getattr(request, "vm_instance_uuid", None) or None,
+            )
+            token = calls.current.set(record)
+            drain.opened()
+            # The drain counts the call until grpc is done with it, final status sent: a server
+            # stopped between the handler's end and that status would cut the status off.
+            context.add_done_callback(drain.done)
+            self.serving += 1
+            try:
+                if not deferred_metadata:
+                    await calls.send_initial_metadata(context, record)
+                # 2. Statuses, around 3. the caller checks and the handler.
+                try:
+                    if drain.draining:
+                        raise errors.shutting_down()
+                    if isinstance(request, UndecodableRequest):
+                        raise errors.invalid_argument(
+                            [("request", f"the request is not a valid {method} message: {request.problem}")]
+                        )
+                    for check in checks:
+                        problem = check(metadata)
+                        if problem is not None:
+                            raise problem
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    record.code = ended_code(context)
+                    raise
+                except Exception as exc:
+                    await self._fail(record, context, exc)
+            except asyncio.CancelledError:
+                if record.code == grpc.StatusCode.OK:  # ended before a status was decided
+                    record.code = ended_code(context)
+                raise
+            finally:
+                calls.current.reset(token)
+                # Logged and counted before it stops counting as in flight: whoever sees the
+                # gateway idle (a drain, a test) sees every call's line and count.
+                _finish(record)
+                self.serving -= 1
+
+        return serve
+
+    async def _fail(self, record: calls.CallRecord, context: _Context, exc: Exception) -> NoReturn:
+        """The one place where an exception becomes the call's status."""
+        failure = errors.from_exception(exc)
+        if not isinstance(exc, errors.GatewayError):
+            extra = {"request_id": record.request_id}
+            log.error("unexpected error in %s", record.method, exc_info=exc, extra=extra)
+        ended = already_ended(context)
+        if ended is not None:
+            # grpc ended the call on its own (the caller's deadline passed): it has sent, or is
+            # sending, the status; a second one would fail inside grpc. Leave quietly.
+            record.code, record.failure = ended, None
+            raise asyncio.CancelledError from None
+        record.code, record.failure = failure.code, failure
+        if not record.initial_metadata_sent:
+            job = (("x-zstack-job-uuid", record.job_uuid),) if record.job_uuid and record.job_accepted else ()
+            await calls.send_initial_metadata(context, record, *job)
+        await self._send(context, status.to_grpc_status(failure))
+
+    async def _send(self, context: _Context, sent: grpc.Status) -> NoReturn:
+        """Hand the call's final status to grpc, then leave without waiting for the caller to take it.
+
+        grpc's ``abort`` waits until the status is on its way, which is never for a caller that
+        reads nothing (the status queues behind the messages it has not read). The abort runs in a
+        task of its own; its first step hands the status to grpc core before this call goes on, and
+        whatever it ends with later is of no further use. The handler then leaves as grpc expects of
+        a call whose status is already sent. The drain waits for the status to be out.
+        """
+        sending = asyncio.ensure_future(context.abort_with_status(sent))
+        sending.add_done_callback(retrieve)
+        self._drain.sending(sending)
+        await asyncio.sleep(0)  # one loop turn: the task's first step runs and starts grpc's batch
+        raise asyncio.CancelledError
 
 
 def _finish(record: calls.CallRecord) -> None:
@@ -265,88 +320,6 @@ def _finish(record: calls.CallRecord) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Exceptions -> statuses
-
-
-class StatusInterceptor(CallInterceptor):
-    """The one place where exceptions become statuses; the outcome goes on the call's record."""
-
-    def __init__(self, drain: Drain, prefix: str = PREFIX) -> None:
-        super().__init__(prefix)
-        self._drain = drain
-
-    def request_deserializer(self, deserializer: Callable[[bytes], Any] | None) -> Any:
-        """Hands a decoding failure to :meth:`handle` (INVALID_ARGUMENT) instead of raising it inside
-        grpc, which would answer UNKNOWN with the exception's text and log a traceback."""
-
-        def deserialize(raw: bytes) -> Any:
-            if deserializer is None:
-                return raw
-            try:
-                return deserializer(raw)
-            except Exception as exc:  # DecodeError, and whatever a broken input makes the parser raise
-                return UndecodableRequest(f"{type(exc).__name__}: {str(exc)[:200]}")
-
-        return deserialize
-
-    async def handle(self, call: Call, proceed: Proceed) -> Any:
-        record = calls.current.get()
-        try:
-            if self._drain.draining:
-                raise errors.shutting_down()
-            if isinstance(call.request, UndecodableRequest):
-                raise errors.invalid_argument(
-                    [("request", f"the request is not a valid {call.method} message: {call.request.problem}")]
-                )
-            return await proceed()
-        except asyncio.CancelledError:
-            _record(record, ended_code(call.context), None)
-            raise
-        except Exception as exc:
-            failure = errors.from_exception(exc)
-            if not isinstance(exc, errors.GatewayError):
-                extra = {"request_id": record.request_id} if record is not None else {}
-                log.error("unexpected error in %s", call.method, exc_info=exc, extra=extra)
-            ended = already_ended(call.context)
-            if ended is not None:
-                # grpc ended the call on its own (the caller's deadline passed): it has sent, or is
-                # sending, the status; a second one would fail inside grpc. Leave quietly.
-                _record(record, ended, None)
-                raise asyncio.CancelledError from None
-            _record(record, failure.code, failure)
-            if record is not None and not record.initial_metadata_sent:
-                job = (
-                    (("x-zstack-job-uuid", record.job_uuid),)
-                    if record.job_uuid and record.job_accepted
-                    else ()
-                )
-                await calls.send_initial_metadata(call.context, record, *job)
-            await self._send(call.context, status.to_grpc_status(failure))
-
-    async def _send(self, context: _Context, sent: grpc.Status) -> NoReturn:
-        """Hand the call's final status to grpc, then leave without waiting for the caller to take it.
-
-        grpc's ``abort`` waits until the status is on its way, which is never for a caller that
-        reads nothing (the status queues behind the messages it has not read). The abort runs in a
-        task of its own; its first step hands the status to grpc core before this call goes on, and
-        whatever it ends with later is of no further use. The handler then leaves as grpc expects of
-        a call whose status is already sent. The drain waits for the status to be out.
-        """
-        sending = asyncio.ensure_future(context.abort_with_status(sent))
-        sending.add_done_callback(retrieve)
-        self._drain.sending(sending)
-        await asyncio.sleep(0)  # one loop turn: the task's first step runs and starts grpc's batch
-        raise asyncio.CancelledError
-
-
-def _record(
-    record: calls.CallRecord | None, code: grpc.StatusCode, failure: errors.GatewayError | None
-) -> None:
-    if record is not None:
-        record.code, record.failure = code, failure
-
-
 def already_ended(context: _Context) -> grpc.StatusCode | None:
     """The outcome grpc gave a call it has already ended by itself, else None."""
     remaining = context.time_remaining()
@@ -371,8 +344,7 @@ def ended_code(context: _Context) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
-def chain(drain: Drain, metrics: Metrics | None, *inner: grpc.aio.ServerInterceptor) -> list[Any]:
-    """The server's interceptors in their one order: telemetry outermost (it sees every call,
-    refusals included), then status mapping (it turns what the rest raises into statuses), then
-    ``inner`` (the caller-token check), whose refusals it maps."""
-    return [TelemetryInterceptor(drain, metrics), StatusInterceptor(drain), *inner]
+def chain(drain: Drain, metrics: Metrics | None, *checks: CallerCheck) -> list[Any]:
+    """The server's interceptors: the one :class:`GatewayInterceptor`, with ``checks`` (the caller
+    checks of :func:`zstack_gateway.auth.callers.checks`) as its third step."""
+    return [GatewayInterceptor(drain, metrics, checks)]

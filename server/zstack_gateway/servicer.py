@@ -7,7 +7,7 @@ the upstream request and its translation (coalesce).
 AttachIso and DetachIso: caller -> validate -> a ZStack job, submitted once and polled to its end
 (jobs) -> translate_vm -> one response. Mutations are never coalesced.
 
-Failures are raised as exceptions; the error interceptor turns them into statuses.
+Failures are raised as exceptions; the interceptor's status step turns them into statuses.
 
 The stream's messages leave already serialized (:class:`stream.Chunk`): :func:`add_to_server`
 registers the service with a response serializer that passes them through.

@@ -17,36 +17,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
+from collections.abc import Sequence
 
 from zstack_gateway import errors
 from zstack_gateway.auth.base import Authorization, Metadata, authorizations
 from zstack_gateway.errors import GatewayError
-from zstack_gateway.interceptors import Call, CallInterceptor, Proceed
+from zstack_gateway.interceptors import CallerCheck
 from zstack_gateway.settings import Config, Secret, policy
 
 log = logging.getLogger("zstack_gateway.callers")
 
-if TYPE_CHECKING:
-    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-    _Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]
 
+class CallerToken:
+    """The caller-token check: refuses calls that carry no valid caller token.
 
-class CallerTokenInterceptor(CallInterceptor):
-    """Refuses calls to methods under ``prefix`` that carry no valid caller token.
-
-    A refused call raises an UNAUTHENTICATED GatewayError; :func:`zstack_gateway.interceptors.chain`
-    puts this interceptor inside the status interceptor, which turns it into a status (with its
-    ErrorInfo), and the telemetry interceptor logs and counts it like any other failure.
+    A refused call gets an UNAUTHENTICATED GatewayError; the gateway's interceptor
+    (:class:`zstack_gateway.interceptors.GatewayInterceptor`) runs this check inside its status step,
+    which turns the error into a status (with its ErrorInfo), and logs and counts it like any other
+    failure.
     """
 
-    def __init__(self, tokens: Sequence[Secret], prefix: str = "/zstack.v1.") -> None:
+    def __init__(self, tokens: Sequence[Secret]) -> None:
         if not tokens:
-            raise ValueError("CallerTokenInterceptor needs at least one token")
-        super().__init__(prefix)
+            raise ValueError("CallerToken needs at least one token")
         self._digests = [hashlib.sha256(t.reveal().encode()).digest() for t in tokens]
 
     def check(self, metadata: Metadata) -> GatewayError | None:
@@ -75,15 +68,11 @@ class CallerTokenInterceptor(CallInterceptor):
             )
         return None
 
-    async def handle(self, call: Call, proceed: Proceed) -> Any:
-        problem = self.check(call.context.invocation_metadata())
-        if problem is not None:
-            raise problem
-        return await proceed()
+    __call__ = check
 
 
-def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:
-    """The caller-authentication interceptors ``config`` asks for (none, or the token check)."""
+def checks(config: Config) -> list[CallerCheck]:
+    """The caller checks ``config`` asks for (none, or the token check)."""
     tokens = config.secrets.caller_tokens
     if not tokens:
         if config.auth_mode != policy.PASSTHROUGH and not config.tls_client_ca:
@@ -104,4 +93,4 @@ def interceptors(config: Config) -> list[grpc.aio.ServerInterceptor]:
             config.listen,
         )
     log.info("callers must send one of %d caller tokens ('authorization: Bearer ...')", len(tokens))
-    return [CallerTokenInterceptor(tokens)]
+    return [CallerToken(tokens)]

@@ -1,7 +1,7 @@
 """What one call did, collected along the data path for its log line and metrics.
 
-The telemetry interceptor opens a :class:`CallRecord` per RPC in a context variable; the upstream
-client, the stream writer and the status interceptor fill it in (HTTP status, ZStack code,
+The interceptor's telemetry step opens a :class:`CallRecord` per RPC in a context variable; the
+upstream client, the stream writer and the interceptor's status step fill it in (HTTP status, ZStack code,
 durations, images, the outcome). Tasks started during the call
 (a coalesced upstream request) inherit it, so a shared request is logged once, with the request id
 of the call that started it.
@@ -44,7 +44,7 @@ class CallRecord:
     job_accepted: bool = False
     #: The call's initial metadata went out (x-request-id, and the job's uuid for async APIs).
     initial_metadata_sent: bool = False
-    #: What the caller saw, set where statuses are decided (interceptors.StatusInterceptor).
+    #: What the caller saw, set where statuses are decided (interceptors.GatewayInterceptor).
     code: grpc.StatusCode = grpc.StatusCode.OK
     failure: GatewayError | None = None
 
