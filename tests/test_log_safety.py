@@ -24,6 +24,8 @@ import grpc
 import pytest
 import rawh2
 import zstack_sim
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway.telemetry import logs
@@ -349,3 +351,26 @@ def test_a_long_batch_goes_out_before_the_delay():
         return len(stream.writes)
 
     assert asyncio.run(main()) >= 2  # 64 KiB of waiting lines makes the batch go out
+
+
+_FIELD_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1000, max_size=1100),
+    st.sampled_from(["", "a\nb", "\x1b[31m", "\u2028", "é" * 1024, "x" * 1025, "中" * 3000]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["rpc", "vm", "error", "exception", "stack", "zstack_code", "other"]),
+        st.one_of(_FIELD_TEXT, st.none(), st.integers(), st.booleans(), st.floats(allow_nan=False)),
+        max_size=7,
+    ),
+    fmt=st.sampled_from(["json", "text"]),
+)
+def test_the_usual_records_short_path_writes_what_the_field_by_field_path_writes(fields, fmt):
+    raw = {"time": "2026-12-05T00:00:00.000+00:00", "level": "INFO", "logger": "l", "message": "m"}
+    raw.update(fields)
+    render = logs._JsonRender() if fmt == "json" else logs._TextRender()
+    assert logs._fit(dict(raw), render) == logs._fit_fields(dict(raw), render)

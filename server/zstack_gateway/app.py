@@ -152,6 +152,7 @@ async def _start(config: Config, undo: contextlib.AsyncExitStack) -> Gateway:
     undo.push_async_callback(client.close)
     metrics = Metrics()
     metrics.held_bytes.set_function(lambda: budget.held)
+    metrics.upstream_in_flight.set_function(lambda: client.requests_in_flight)
     loop = loops.name(asyncio.get_running_loop())
     metrics.runtime.labels(translation=wire.PATH, loop=loop).set(1)
     drain = interceptors.Drain()

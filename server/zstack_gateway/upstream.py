@@ -102,6 +102,8 @@ class ZStackClient:
         # when its last call leaves, so the map never outgrows the calls in progress.
         self._shares: dict[str, _Share] = {}
         self._queue_timeout = queue_timeout
+        #: HTTP requests to ZStack in flight (the ``upstream_in_flight`` gauge reads it when scraped).
+        self.requests_in_flight = 0
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = True
 
@@ -302,12 +304,20 @@ class ZStackClient:
         try:
             wait = min(self._queue_timeout, deadline.remaining())
             try:
-                async with asyncio.timeout(wait):
+                if not self._slots.locked() and (share is None or not share.slots.locked()) and wait > 0:
+                    # Free slots are taken without a wait, so without a timer (the usual case).
                     if share is not None:
                         await share.slots.acquire()
                         holds_share = True
                     await self._slots.acquire()
                     holds_global = True
+                else:
+                    async with asyncio.timeout(wait):
+                        if share is not None:
+                            await share.slots.acquire()
+                            holds_share = True
+                        await self._slots.acquire()
+                        holds_global = True
             except TimeoutError:
                 if wait < self._queue_timeout:
                     raise errors.deadline_exceeded(wait, caller_deadline=deadline.from_caller) from None
@@ -356,9 +366,7 @@ class ZStackClient:
         started = time.monotonic()
         status: int | None = None
         zstack_code: str | None = None
-        metrics = calls.current_metrics()
-        if metrics is not None:
-            metrics.upstream_in_flight.inc()
+        self.requests_in_flight += 1
         try:
             status, reply = await self._send(url, headers, deadline, method, data, api_timeout)
             if status not in ok:
@@ -380,8 +388,7 @@ class ZStackClient:
                 zstack_code = error.zstack_code if not error.zstack_code.startswith("GATEWAY.") else None
                 raise error
         finally:
-            if metrics is not None:
-                metrics.upstream_in_flight.dec()
+            self.requests_in_flight -= 1
             calls.record_upstream(
                 label or api_label(api_path), status, zstack_code, time.monotonic() - started
             )

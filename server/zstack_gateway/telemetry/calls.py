@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from zstack_gateway.errors import GatewayError
-from zstack_gateway.telemetry.metrics import Metrics, http_status_label, zstack_code_label
+from zstack_gateway.telemetry.metrics import Metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -122,7 +122,6 @@ def record_upstream(api: str, status: int | None, zstack_code: str | None, secon
     record.upstream_seconds += seconds
     record.upstream_requests += 1
     if record.metrics is not None:
-        record.metrics.upstream_seconds.labels(api).observe(seconds)
-        record.metrics.upstream_responses.labels(
-            api, http_status_label(status), zstack_code_label(zstack_code)
-        ).inc()
+        histogram, counter = record.metrics.upstream_children(api, status, zstack_code)
+        histogram.observe(seconds)
+        counter.inc()

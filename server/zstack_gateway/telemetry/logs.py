@@ -91,15 +91,30 @@ def clean_traceback(text: str, limit: int = TRACEBACK_CHARS) -> str:
     return "\\n".join(reversed(kept))
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str})
+# The extra fields of each set of record attributes (records of one log call site share theirs):
+# attribute name -> key as written. Bounded: cleared when full.
+_EXTRA_KEYS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+
+
 def _extras(record: logging.LogRecord) -> dict[str, object]:
     """The record's ``extra`` fields: JSON scalars as they are, anything else as its text."""
+    attributes = record.__dict__
+    shape = tuple(attributes)
+    keys = _EXTRA_KEYS.get(shape)
+    if keys is None:
+        keys = tuple(
+            (key, clean(key, 64)) for key in shape if key not in _STANDARD and not key.startswith("_")
+        )
+        if len(_EXTRA_KEYS) >= 256:
+            _EXTRA_KEYS.clear()
+        _EXTRA_KEYS[shape] = keys
     out: dict[str, object] = {}
-    for key, value in record.__dict__.items():
-        if key in _STANDARD or key.startswith("_"):
-            continue
-        if not (value is None or isinstance(value, bool | int | float | str)):
-            value = str(value)
-        out[clean(key, 64)] = value
+    for key, written in keys:
+        value = attributes[key]
+        if type(value) not in _SCALARS:
+            value = value if isinstance(value, bool | int | float | str) else str(value)
+        out[written] = value
     return out
 
 
@@ -140,6 +155,22 @@ _TRACEBACKS = frozenset({"exception", "stack"})
 def _fit(raw: dict[str, object], render: _Render) -> str:
     """One line from a record's raw fields: strings escaped and cut to their caps, then the longest
     cut further until the line, newline included, fits :data:`LINE_BYTES` bytes of UTF-8."""
+    texts = [v for v in raw.values() if type(v) is str]
+    if (
+        all(len(v) <= FIELD_CHARS for v in texts)
+        and not _UNSAFE.search("".join(texts))
+        and _TRACEBACKS.isdisjoint(raw)
+    ):
+        # The usual record: no field to escape or cut, so :func:`_fit_fields` would render it as
+        # it is (tests/test_log_safety.py checks that both agree).
+        line = render(raw)
+        if len(line) * 4 < LINE_BYTES or len(line.encode("utf-8")) < LINE_BYTES:
+            return line
+    return _fit_fields(raw, render)
+
+
+def _fit_fields(raw: dict[str, object], render: _Render) -> str:
+    """:func:`_fit`, field by field."""
     limits = {
         k: TRACEBACK_CHARS if k in _TRACEBACKS else FIELD_CHARS for k, v in raw.items() if isinstance(v, str)
     }

@@ -34,6 +34,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._upstream_children: dict[tuple[str, int | None, str | None], tuple[Any, Any]] = {}
         self.rpcs = Counter(
             "zstack_gateway_rpcs", "RPCs finished, by method and gRPC code", ["method", "code"], registry=r
         )
@@ -92,6 +93,24 @@ class Metrics:
             if len(self._rpc_children) >= 1024:  # methods are a handful; codes are 17
                 self._rpc_children.clear()
             self._rpc_children[key] = children
+        return children
+
+    def upstream_children(self, api: str, status: int | None, zstack_code: str | None) -> tuple[Any, Any]:
+        """The ``upstream_seconds`` histogram and ``upstream_responses`` counter of one request's API
+        label, HTTP status and ZStack code, looked up once and then kept. The code comes from ZStack
+        and may be anything: at most 1,024 keys are kept (the labels themselves are bounded)."""
+        key = (api, status, zstack_code)
+        children = self._upstream_children.get(key)
+        if children is None:
+            children = (
+                self.upstream_seconds.labels(api),
+                self.upstream_responses.labels(
+                    api, http_status_label(status), zstack_code_label(zstack_code)
+                ),
+            )
+            if len(self._upstream_children) >= 1024:
+                self._upstream_children.clear()
+            self._upstream_children[key] = children
         return children
 
     def render(self) -> bytes:
