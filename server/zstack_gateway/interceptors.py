@@ -4,9 +4,10 @@
 for it, in three steps (outermost first):
 
 1. **Telemetry**: it opens the call's :class:`~zstack_gateway.telemetry.calls.CallRecord`, sends
-   its request id in the initial metadata, keeps the in-flight count the shutdown drain waits on
-   (:class:`Drain`), and when the call is over writes its one log line and its metrics, with the
-   outcome step 2 recorded.
+   its request id in the initial metadata (on its way while the upstream request is made: see
+   :func:`~zstack_gateway.telemetry.calls.start_initial_metadata`), keeps the in-flight count the
+   shutdown drain waits on (:class:`Drain`), and when the call is over writes its one log line and
+   its metrics, with the outcome step 2 recorded.
 2. **Statuses**: the one place where exceptions become statuses. Whatever the rest of the call
    raises is classified by :mod:`zstack_gateway.errors` and sent as the rich status
    :mod:`zstack_gateway.status` builds. It also refuses requests that are not valid protobuf
@@ -214,7 +215,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             self.serving += 1
             try:
                 if not deferred_metadata:
-                    await calls.send_initial_metadata(context, record)
+                    calls.start_initial_metadata(context, record)
                 # 2. Statuses, around 3. the caller checks and the handler.
                 try:
                     if drain.draining:
@@ -227,7 +228,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         problem = check(metadata)
                         if problem is not None:
                             raise problem
-                    return await behaviour(request, context)
+                    result = await behaviour(request, context)
+                    await calls.initial_metadata_out(record)  # before grpc sends the status
+                    return result
                 except asyncio.CancelledError:
                     record.code = ended_code(context)
                     raise
@@ -259,6 +262,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             record.code, record.failure = ended, None
             raise asyncio.CancelledError from None
         record.code, record.failure = failure.code, failure
+        await calls.initial_metadata_out(record)
         if not record.initial_metadata_sent:
             job = (("x-zstack-job-uuid", record.job_uuid),) if record.job_uuid and record.job_accepted else ()
             await calls.send_initial_metadata(context, record, *job)

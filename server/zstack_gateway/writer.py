@@ -26,6 +26,8 @@ async def write_all(context: Any, messages: AsyncIterator[Any], idle_timeout: fl
             if record is not None:
                 images = getattr(message, "images", None)
                 record.images += images if images is not None else len(getattr(message, "inventories", ()))
+                if record.metadata_out is not None:
+                    await calls.initial_metadata_out(record)
             await write(context, message, idle_timeout)
     finally:
         await messages.aclose()  # type: ignore[attr-defined]

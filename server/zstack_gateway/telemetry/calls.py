@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from zstack_gateway.errors import GatewayError
+from zstack_gateway.tasks import retrieve
 from zstack_gateway.telemetry.metrics import Metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -44,6 +45,8 @@ class CallRecord:
     job_accepted: bool = False
     #: The call's initial metadata went out (x-request-id, and the job's uuid for async APIs).
     initial_metadata_sent: bool = False
+    #: The initial metadata on its way (see :func:`start_initial_metadata`) until it is out.
+    metadata_out: asyncio.Future[None] | None = None
     #: What the caller saw, set where statuses are decided (interceptors.GatewayInterceptor).
     code: grpc.StatusCode = grpc.StatusCode.OK
     failure: GatewayError | None = None
@@ -95,6 +98,36 @@ async def send_initial_metadata(context: object, record: CallRecord | None, *ext
         await context.send_initial_metadata((("x-request-id", record.request_id), *extra))  # type: ignore[attr-defined]
     except Exception:  # the call is over already: grpc ended it (deadline, caller gone)
         raise asyncio.CancelledError from None
+
+
+def start_initial_metadata(context: object, record: CallRecord) -> None:
+    """Start sending the call's initial metadata (``x-request-id``) in a task of its own, so that it
+    travels while the call makes its upstream request instead of before it.
+
+    Whatever sends the caller something else first (a message, a status) awaits
+    :func:`initial_metadata_out` before: grpc adds initial metadata of its own to the first batch
+    of a call that has sent none yet, and two in one call is an error.
+    """
+    if record.initial_metadata_sent:
+        return
+    record.initial_metadata_sent = True
+    sending = asyncio.ensure_future(
+        context.send_initial_metadata((("x-request-id", record.request_id),))  # type: ignore[attr-defined]
+    )
+    sending.add_done_callback(retrieve)
+    record.metadata_out = sending
+
+
+async def initial_metadata_out(record: CallRecord | None) -> None:
+    """Return once the initial metadata :func:`start_initial_metadata` started is out (at once when
+    none is on its way). Raises CancelledError when grpc has already ended the call."""
+    if record is None or record.metadata_out is None:
+        return
+    try:
+        await record.metadata_out
+    except Exception:  # the call is over already: grpc ended it (deadline, caller gone)
+        raise asyncio.CancelledError from None
+    record.metadata_out = None
 
 
 def current_metrics() -> Metrics | None:
