@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from zstack_gateway import errors
-from zstack_gateway.tasks import retrieve
 from zstack_gateway.telemetry import calls
 
 
@@ -40,14 +39,14 @@ async def write(context: Any, message: Any, idle_timeout: float) -> None:
         if idle_timeout <= 0:
             await context.write(message)
             return
-        pending = asyncio.ensure_future(context.write(message))
-        # When this call leaves before the write ends (cancelled, or idle), the write stays pending
-        # inside grpc and fails once the call is over: its outcome no longer matters.
-        pending.add_done_callback(retrieve)
-        done, _ = await asyncio.wait((pending,), timeout=idle_timeout)
-        if not done:
-            raise errors.stream_idle(idle_timeout)
-        pending.result()
+        try:
+            # No task per write: on time-out the wait for grpc's write is cancelled, as when the
+            # caller goes away (grpc leaves a cancelled wait alone); the message stays queued in
+            # grpc, and the status that ends the call follows it.
+            async with asyncio.timeout(idle_timeout):
+                await context.write(message)
+        except TimeoutError:
+            raise errors.stream_idle(idle_timeout) from None
     except (errors.GatewayError, asyncio.CancelledError):
         raise
     except Exception:  # grpc's ExecuteBatchError, UsageError ("RPC already finished"), ...
