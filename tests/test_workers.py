@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 import grpc
+import pytest
 import zstack_sim
 from conftest import AUTH
 from zstack.v1 import vm_instance_service_pb2 as svc
@@ -68,3 +70,28 @@ def test_two_workers_share_the_port_and_stop_together(gateway_process):
     time.sleep(0.1)
     with socket.socket() as s:  # the port is free again: no worker was left behind
         s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_calls_log_line_is_written_when_the_gateway_stops_right_after(gateway_process, workers: str):
+    """Log lines wait up to 20 ms to be written in a batch: a stop right after the last calls still
+    writes every one of them, from each worker."""
+    port = free_port()
+    gw = gateway_process("--workers", workers, listen=f"127.0.0.1:{port}")
+    assert wait_until(lambda: gw.output().count(" ready on ") >= int(workers), timeout=30), gw.log()
+    ids = [f"last-{i}" for i in range(20)]
+    for rid in ids:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as ch:
+            list(
+                svc_grpc.VmInstanceServiceStub(ch).GetCandidateIso(
+                    svc.GetCandidateIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID),
+                    metadata=(*AUTH, ("x-request-id", rid)),
+                    timeout=5,
+                )
+            )
+    assert gw.stop(15) == 0, gw.log()
+    logged = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+    seen = [entry["request_id"] for entry in logged if entry.get("logger") == "zstack_gateway.rpc"]
+    assert sorted(seen) == sorted(ids), gw.log()

@@ -9,6 +9,7 @@ the parent then stops the others and exits 1, so the process supervisor (systemd
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ def run(config: Config, serve: Callable[[Config], int]) -> int:
             try:
                 code = serve(worker)
             finally:
+                logging.shutdown()  # log lines still waiting for their batch (telemetry.logs)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
