@@ -6,7 +6,13 @@ own translate and stream modules (``stream.ImageStream``, or ``stream.chunks`` o
 ``translate.inventories_from_body`` in gateways before it). No upstream call, no validation, no
 interceptor: what is left is grpc.aio's own cost per call.
 
-    python bench/bare_server.py --listen 127.0.0.1:0 --zstack-url http://127.0.0.1:PORT
+With ``--relay`` it is P5's floor for any gateway built like this one: for every call it first
+GETs the candidates from the simulator with one pooled aiohttp session (the body read and dropped),
+on uvloop where installed as the gateway is, then streams the same prebuilt messages. No
+translation, no validation, no interceptor, no log line, no metrics: grpc.aio's cost per call plus
+one HTTP request.
+
+    python bench/bare_server.py --listen 127.0.0.1:0 --zstack-url http://127.0.0.1:PORT [--relay]
 
 prints ``bare-server ready on HOST:PORT`` once it serves, and stops on SIGTERM/SIGINT or when the
 process that started it goes away.
@@ -60,14 +66,35 @@ def gateway_messages(raw: bytes) -> list[svc.GetCandidateIsoResponse]:
 
 
 class BareServicer(svc_grpc.VmInstanceServiceServicer):
-    def __init__(self, messages: list[svc.GetCandidateIsoResponse]) -> None:
+    def __init__(self, messages: list[svc.GetCandidateIsoResponse], relay: Relay | None = None) -> None:
         self._messages = messages
+        self._relay = relay
 
     async def GetCandidateIso(
         self, request: svc.GetCandidateIsoRequest, context: Any
     ) -> AsyncIterator[svc.GetCandidateIsoResponse]:
+        if self._relay is not None:
+            await self._relay.get()
         for message in self._messages:
             yield message
+
+
+class Relay:
+    """One GET of the candidates per call, on a pooled aiohttp session (``--relay``)."""
+
+    def __init__(self, zstack_url: str, vm_uuid: str) -> None:
+        import aiohttp
+
+        self._url = f"{zstack_url}/zstack/v1/vm-instances/{vm_uuid}/iso-candidates"
+        self._headers = {"Authorization": f"OAuth {zstack_sim.DEMO_SESSION_UUID}"}
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+
+    async def get(self) -> None:
+        async with self._session.get(self._url, headers=self._headers) as response:
+            await response.read()
+
+    async def close(self) -> None:
+        await self._session.close()
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:
@@ -78,9 +105,12 @@ async def _watch_parent(stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
-async def serve(listen: str, messages: list[svc.GetCandidateIsoResponse]) -> None:
+async def serve(
+    listen: str, messages: list[svc.GetCandidateIsoResponse], relay: tuple[str, str] | None = None
+) -> None:
     server = grpc.aio.server()
-    svc_grpc.add_VmInstanceServiceServicer_to_server(BareServicer(messages), server)
+    relaying = Relay(*relay) if relay is not None else None
+    svc_grpc.add_VmInstanceServiceServicer_to_server(BareServicer(messages, relaying), server)
     port = server.add_insecure_port(listen)
     await server.start()
     images = sum(len(m.inventories) for m in messages)
@@ -94,6 +124,8 @@ async def serve(listen: str, messages: list[svc.GetCandidateIsoResponse]) -> Non
     await stop.wait()
     watcher.cancel()
     await server.stop(0)
+    if relaying is not None:
+        await relaying.close()
 
 
 def main() -> None:
@@ -101,9 +133,18 @@ def main() -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: a free one)")
     parser.add_argument("--zstack-url", required=True, help="the simulator whose data to serve")
     parser.add_argument("--vm", default=zstack_sim.DEMO_VM_UUID, help="the VM whose candidates to serve")
+    parser.add_argument("--relay", action="store_true", help="one GET to the simulator per call, on uvloop")
     args = parser.parse_args()
     messages = fetch_messages(args.zstack_url, args.vm)
-    asyncio.run(serve(args.listen, messages))
+    if not args.relay:
+        asyncio.run(serve(args.listen, messages))
+        return
+    try:
+        import uvloop
+    except ImportError:  # as the gateway: asyncio's own loop where uvloop is not installed
+        asyncio.run(serve(args.listen, messages, (args.zstack_url, args.vm)))
+    else:
+        uvloop.run(serve(args.listen, messages, (args.zstack_url, args.vm)))
 
 
 if __name__ == "__main__":

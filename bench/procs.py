@@ -46,7 +46,8 @@ def gateway(log_dir: Path, tag: str, zstack_url: str) -> Proc:
     return start_gateway(log_dir, zstack_url, name=f"gateway-{tag}", cwd=ROOT, timeout=START_TIMEOUT_S)
 
 
-def bare_server(log_dir: Path, zstack_url: str) -> Proc:
+def bare_server(log_dir: Path, zstack_url: str, *, relay: bool = False) -> Proc:
+    """The bare grpc.aio server of P5; ``relay``: its floor, with one GET to ``zstack_url`` per call."""
     argv = [
         sys.executable,
         str(BENCH / "bare_server.py"),
@@ -54,8 +55,10 @@ def bare_server(log_dir: Path, zstack_url: str) -> Proc:
         "127.0.0.1:0",
         "--zstack-url",
         zstack_url,
+        *(["--relay"] if relay else []),
     ]
-    return start("bare-server", argv, BARE_READY, log_dir, cwd=ROOT, timeout=START_TIMEOUT_S)
+    name = "relay-server" if relay else "bare-server"
+    return start(name, argv, BARE_READY, log_dir, cwd=ROOT, timeout=START_TIMEOUT_S)
 
 
 def cpu_seconds(pid: int) -> float:

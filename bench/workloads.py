@@ -407,17 +407,26 @@ def p4_fan_in(servers: Servers, s: Settings) -> dict[str, Any]:
 
 def p5_throughput(servers: Servers, s: Settings) -> dict[str, Any]:
     """P5: calls/s at a fixed concurrency with no simulator latency, gateway against a bare grpc.aio
-    server streaming the same messages with no upstream call; one load generator drives both."""
+    server streaming the same messages with no upstream call; one load generator drives both. The
+    floor (``relay``): the bare server making one GET to the simulator per call, what any gateway
+    built on grpc.aio and aiohttp pays before doing anything of its own."""
     with contextlib.ExitStack() as stack:
         bare = procs.bare_server(servers.log_dir, servers.sim_url)
         stack.callback(bare.stop)
-        targets = {"bare": bare.address, "gateway": servers.gateway.address}
-        meters = {"bare": CpuMeter({"bare": bare}), "gateway": CpuMeter(servers.procs())}
-        results: dict[str, list[float]] = {"bare": [], "gateway": []}
-        calls: dict[str, int] = {"bare": 0, "gateway": 0}
+        relay = procs.bare_server(servers.log_dir, servers.sim_url, relay=True)
+        stack.callback(relay.stop)
+        targets = {"bare": bare.address, "gateway": servers.gateway.address, "relay": relay.address}
+        meters = {
+            "bare": CpuMeter({"bare": bare}),
+            "gateway": CpuMeter(servers.procs()),
+            "relay": CpuMeter({"sim": servers.sim, "relay": relay}),
+        }
+        results: dict[str, list[float]] = {name: [] for name in targets}
+        calls: dict[str, int] = dict.fromkeys(targets, 0)
         servers.control.config(latency_ms=0)
+        orders = (("bare", "gateway", "relay"), ("gateway", "relay", "bare"), ("relay", "bare", "gateway"))
         for index in range(s.p5_rounds):
-            for name in ("bare", "gateway") if index % 2 == 0 else ("gateway", "bare"):
+            for name in orders[index % len(orders)]:
                 if name == "gateway":
                     servers.control.clear_stats()
                 meters[name].start()
@@ -427,6 +436,7 @@ def p5_throughput(servers: Servers, s: Settings) -> dict[str, Any]:
                 calls[name] += measured.calls
         sim = sim_report(servers.control)
     bare_rate, gateway_rate = median(results["bare"]), median(results["gateway"])
+    relay_rate = median(results["relay"])
     return {
         "concurrency": s.p5_concurrency,
         "seconds_per_round": s.p5_seconds,
@@ -437,7 +447,9 @@ def p5_throughput(servers: Servers, s: Settings) -> dict[str, Any]:
             "calls_per_s": round(gateway_rate, 1),
             "rounds": [round(r, 1) for r in results["gateway"]],
         },
+        "relay": {"calls_per_s": round(relay_rate, 1), "rounds": [round(r, 1) for r in results["relay"]]},
         "ratio": _ratio(gateway_rate, bare_rate),
+        "ratio_relay": _ratio(relay_rate, bare_rate),
         "cpu_us_per_call": {name: meters[name].per_call_us(calls[name]) for name in meters},
         "cpu_busy": {name: meters[name].busy() for name in meters},
         "sim_last_gateway_round": sim,
