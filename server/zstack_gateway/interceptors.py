@@ -255,6 +255,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if not isinstance(exc, errors.GatewayError):
             extra = {"request_id": record.request_id}
             log.error("unexpected error in %s", record.method, exc_info=exc, extra=extra)
+        try:
+            await calls.initial_metadata_out(record)
+        except asyncio.CancelledError:  # the call ended before its initial metadata got out
+            record.code, record.failure = ended_code(context), None
+            raise
         ended = already_ended(context)
         if ended is not None:
             # grpc ended the call on its own (the caller's deadline passed): it has sent, or is
@@ -262,7 +267,6 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             record.code, record.failure = ended, None
             raise asyncio.CancelledError from None
         record.code, record.failure = failure.code, failure
-        await calls.initial_metadata_out(record)
         if not record.initial_metadata_sent:
             job = (("x-zstack-job-uuid", record.job_uuid),) if record.job_uuid and record.job_accepted else ()
             await calls.send_initial_metadata(context, record, *job)
