@@ -952,6 +952,56 @@ def items_span(object text, Py_ssize_t pos, Py_ssize_t size):
         PyBuffer_Release(&view)
 
 
+def complete_items(object text, Py_ssize_t pos):
+    """Like items_span, for a list whose text is still arriving: from ``pos`` (just past its ``[``,
+    or where an item ended), the items already complete, each followed by a comma or the list's
+    ``]`` within the text (an item the text ends in may go on: a number, or what has not arrived).
+    Returns ``(first, last, end)``: the first one's start (``last`` when there is none), the last
+    one's end, and past the list's ``]`` when it is in the text (else -1). ValueError where the text
+    that arrived does not read as a list."""
+    cdef Py_buffer view
+    cdef const unsigned char* s
+    cdef Py_ssize_t n, i, j, first = -1, last = pos
+    cdef int c
+    cdef bint opening
+    PyObject_GetBuffer(text, &view, PyBUF_SIMPLE)
+    try:
+        s = <const unsigned char*>view.buf
+        n = view.len
+        if not 1 <= pos <= n:
+            raise ValueError("a position outside the text")
+        opening = s[pos - 1] == 91
+        i = pos
+        while True:
+            i = skip_ws(s, i, n)
+            c = at(s, i, n)
+            if c < 0:
+                break
+            if c == 93:
+                return (first if first >= 0 else last, last, i + 1)
+            if not opening:
+                if c != 44:
+                    raise ValueError("no comma between items")
+                i = skip_ws(s, i + 1, n)
+                if i >= n:
+                    break
+            j = skip_value(s, i, n)
+            if j < 0:
+                break  # not all here yet (or an item that never ends: the full check says so)
+            c = at(s, skip_ws(s, j, n), n)
+            if c < 0:
+                break
+            if c != 44 and c != 93:
+                raise ValueError("no comma between items")
+            opening = False
+            if first < 0:
+                first = i
+            last = i = j
+        return (first if first >= 0 else last, last, -1)
+    finally:
+        PyBuffer_Release(&view)
+
+
 def top_level_key(object text, Py_ssize_t pos):
     """What follows a member's value in a body's top-level object, from ``pos``: 0 for members with
     neither the key ``inventories`` nor an escaped key, then the closing brace; 1 for such a key; -1

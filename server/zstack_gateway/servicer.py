@@ -26,11 +26,11 @@ from zstack.v1 import image_service_pb2 as image_svc
 from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_pb2
 
-from zstack_gateway import errors, jobs, translate_vm, validation, writer
+from zstack_gateway import coalesce, errors, jobs, translate_vm, validation, wire, writer
 from zstack_gateway.auth import CallerAuth
 from zstack_gateway.coalesce import Coalescer
 from zstack_gateway.deadline import Deadline
-from zstack_gateway.stream import Chunk, ImageStream, open_stream
+from zstack_gateway.stream import Arrival, Chunk, ImageStream, open_stream
 from zstack_gateway.telemetry import calls
 from zstack_gateway.upstream import Reply, ZStackClient
 
@@ -73,14 +73,19 @@ class VmInstanceServicer:
         caller = self._client.credentials.authenticate_caller(context.invocation_metadata())
         deadline = Deadline.start(context.time_remaining(), self._default_timeout)
         key = (caller.identity, query)
-        images = await self.coalescer.run(key, lambda: self._fetch(query, caller, deadline), deadline)
-        reader = images.reader()  # at once: see ImageStream's shared_by
-        del images
+        images, release = await self.coalescer.share(
+            key, lambda: self._fetch(query, caller, deadline), deadline
+        )
         try:
-            for chunk in reader:
-                yield chunk
+            reader = images.reader()  # at once: see ImageStream's shared_by
+            del images
+            try:
+                async for chunk in reader:
+                    yield chunk
+            finally:
+                reader.close()
         finally:
-            reader.close()
+            await release()
 
     async def AttachIso(
         self,
@@ -154,9 +159,21 @@ class VmInstanceServicer:
     async def _fetch(
         self, query: validation.CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
     ) -> ImageStream:
-        reply = await self._client.get_iso_candidates(query, caller, deadline)
+        """The images of ZStack's answer. On the compiled path the stream is published to the
+        callers as soon as a 200's headers are in, and its images built as the body arrives."""
         # Coalesced calls join through the task running this fetch, as long as it exists.
         shared_by = asyncio.current_task() if self.coalescer.enabled else None
+        arrival = None
+        if wire.PATH == "compiled":
+            arrival = Arrival(self._tz, shared_by=shared_by, publish=coalesce.publish)
+        try:
+            reply = await self._client.get_iso_candidates(query, caller, deadline, arrival)
+        except BaseException as exc:
+            if arrival is not None:
+                arrival.fail(exc)
+            raise
+        if arrival is not None and arrival.stream is not None:
+            return arrival.finish()
         return await open_stream(reply.body, self._tz, reply.account, shared_by=shared_by)
 
 

@@ -281,7 +281,7 @@ async def _sliced_check(body: Body) -> tuple[int, int] | None:
             return None
         if last > first:
             try:
-                msgspec.json.decode(b'{"":[' + view[first:last] + b"]}", type=msgspec.Raw)
+                msgspec.json.decode(b"".join((b'{"":[', view[first:last], b"]}")), type=msgspec.Raw)
             except (msgspec.DecodeError, RecursionError):
                 return None
             pos = last
@@ -291,7 +291,7 @@ async def _sliced_check(body: Body) -> tuple[int, int] | None:
     if start + len(view) - end > CHECK_SLICE_BYTES or wire.top_level_key(view, end) != 0:
         return None
     try:
-        _ENVELOPE.decode(bytes(view[:start]) + b"[]" + view[end:])
+        _ENVELOPE.decode(b"".join((view[:start], b"[]", view[end:])))
     except (msgspec.DecodeError, RecursionError):
         return None
     return start, end
@@ -312,6 +312,237 @@ async def open_stream(
                 account.close()
             raise
     return ImageStream(body, tz, account, shared_by=shared_by, checked=checked)
+
+
+# --- a body still arriving ------------------------------------------------------------------------
+
+#: Bodies announced smaller than this are read whole before their stream starts (see Arrival).
+ARRIVING_MIN_BYTES: Final = 64 * 1024
+
+#: An arriving body is checked a slice at a time, the event loop turning between two: first
+#: FIRST_SLICE_BYTES (the first message's images go out after it), then ARRIVING_SLICE_BYTES.
+FIRST_SLICE_BYTES: Final = 32 * 1024
+ARRIVING_SLICE_BYTES: Final = 256 * 1024
+
+_HEAD, _ITEMS, _TAIL, _DONE, _FALLBACK = range(5)
+_COMMA, _OPEN, _CLOSE = b",[]"
+
+
+class _NeedMore(Exception):
+    """The next message needs bytes of the body that have not arrived yet."""
+
+
+class _Growth:
+    """The compiled path's check of a body still arriving (``body``, the buffer the upstream client
+    appends to), the same check as the sliced one a piece at a time: valid UTF-8 so far, the list
+    under ``inventories`` found within its first bytes, each run of complete items valid JSON
+    (msgspec, as deep as in the body), and once the body is whole, the object around the list.
+    Images are taken from ``body[start:checked]``; ``pos`` is where the next one starts in that text.
+
+    It never holds a view of ``body`` between two calls: the buffer must stay free to grow.
+    """
+
+    __slots__ = (
+        "body",
+        "checked",
+        "complete",
+        "decoded",
+        "end",
+        "failure",
+        "phase",
+        "pos",
+        "retry_at",
+        "scan",
+        "start",
+    )
+
+    def __init__(self, body: bytearray) -> None:
+        self.body = body
+        self.phase = _HEAD
+        self.decoded = 0  # bytes found valid UTF-8
+        self.start = self.end = -1
+        self.scan = self.checked = 0  # where the scan goes on, and where the checked items end
+        self.retry_at = 0
+        self.pos = 1
+        self.complete = False
+        self.failure: errors.GatewayError | None = None
+
+    def advance(self) -> bool:
+        """Check a slice of what arrived; True when more that arrived is left to check (after a turn
+        of the event loop). A body this check does not pass goes to the usual check once it is whole
+        (phase _FALLBACK), which gives the usual error, or passes it."""
+        if self.phase >= _DONE:
+            return False
+        view = memoryview(self.body)
+        try:
+            return self._advance(view)
+        finally:
+            view.release()
+
+    def _advance(self, whole: memoryview) -> bool:
+        n = len(whole)
+        if self.phase == _ITEMS:
+            if n < self.retry_at and not self.complete:
+                return False  # one item larger than what came since the last scan: read on first
+            upto = self.scan + (ARRIVING_SLICE_BYTES if self.scan > self.start + 1 else FIRST_SLICE_BYTES)
+            if upto < n:
+                n = upto
+        if n == len(whole):
+            return self._check(whole, False) or False
+        view = whole[:n]
+        try:
+            more = self._check(view, True)
+        finally:
+            view.release()
+        if more is None:  # an item longer than the slice: what arrived, whole
+            return self._check(whole, False) or False
+        return more
+
+    def _check(self, view: memoryview, sliced: bool) -> bool | None:
+        """Check ``view`` (all that arrived, or the slice of it this turn checks, for ``sliced``):
+        True when more is left to check now, None for a slice with no item that ends in it."""
+        n = len(view)
+        final = self.complete and not sliced
+        try:
+            if self.decoded < n or final:
+                self.decoded += codecs.utf_8_decode(view[self.decoded : n], "strict", final)[1]
+        except UnicodeDecodeError:
+            self.phase = _FALLBACK
+            return False
+        if self.phase == _HEAD:
+            start = wire.list_start(view, _LIST_START_LIMIT)
+            if start < 0:
+                if n >= _LIST_START_LIMIT or final:
+                    self.phase = _FALLBACK
+                return False
+            self.start, self.scan, self.checked, self.phase = start, start + 1, start + 1, _ITEMS
+            return True  # the first slice of items next
+        if self.phase == _ITEMS:
+            if self._quick_cut(view, n) and not final:
+                return sliced
+            try:
+                first, last, end = wire.complete_items(view, self.scan)
+            except ValueError:
+                self.phase = _FALLBACK
+                return False
+            if last > first:
+                try:
+                    msgspec.json.decode(b"".join((b'{"":[', view[first:last], b"]}")), type=msgspec.Raw)
+                except (msgspec.DecodeError, RecursionError):
+                    self.phase = _FALLBACK
+                    return False
+                self.scan = self.checked = last
+                self.retry_at = 0
+            elif end < 0 and not sliced:
+                # Scan again once as much again has come: a long item costs linear time, not more.
+                self.retry_at = self.scan + 2 * (n - self.scan)
+            if end >= 0:
+                self.end, self.phase = end, _TAIL
+            elif final:
+                self.phase = _FALLBACK
+                return False
+            elif sliced:
+                return True if last > first else None
+        if self.phase == _TAIL and final:
+            start, end = self.start, self.end
+            if start + n - end > CHECK_SLICE_BYTES or wire.top_level_key(view, end) != 0:
+                self.phase = _FALLBACK
+                return False
+            try:
+                _ENVELOPE.decode(b"".join((view[:start], b"[]", view[end:])))
+            except (msgspec.DecodeError, RecursionError):
+                self.phase = _FALLBACK
+                return False
+            self.checked, self.phase = end, _DONE
+        return False
+
+    def _quick_cut(self, view: memoryview, n: int) -> bool:
+        """The usual case, in one pass: the items up to the last ``},`` in what came. msgspec passing
+        them (after a dummy item, when they follow a comma) proves the cut falls where an item ends:
+        a cut inside a string or a nested value leaves invalid JSON. False: no such cut, or it does
+        not pass (the scan then finds where the complete items end)."""
+        cut = self.body.rfind(b"},", self.scan, n)
+        if cut < 0:
+            return False
+        body, scan = self.body, self.scan
+        opening = scan == self.start + 1
+        if not opening and body[scan] != _COMMA:
+            return False
+        # Checked in place, without a copy: the comma after the cut (and the one before the first
+        # item) made brackets for the time of the check.
+        begin = self.start if opening else scan
+        saved = body[begin]
+        body[begin], body[cut + 1] = _OPEN, _CLOSE
+        try:
+            msgspec.json.decode(view[begin : cut + 2], type=msgspec.Raw)
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        finally:
+            body[begin], body[cut + 1] = saved, _COMMA
+        self.scan = self.checked = cut + 1
+        self.retry_at = 0
+        return True
+
+    def one_list(self) -> bool:
+        """The body's object has one ``inventories`` key, that of the list checked here."""
+        if self.end < 0:
+            return False
+        view = memoryview(self.body)
+        try:
+            return wire.top_level_key(view, self.end) == 0
+        finally:
+            view.release()
+
+
+class Arrival:
+    """The upstream client's sink for a 200 answer to GetCandidateIso on the compiled path (see
+    ``upstream.ZStackClient._read_body``): the stream starts when the answer's headers come, and its
+    images are built as the body arrives, checked a piece at a time.
+
+    ``begin`` makes the :class:`ImageStream` and hands it to ``publish`` (coalesce.publish: the calls
+    sharing the request get it at once); ``feed`` after each piece; then :meth:`finish` once the body
+    is whole, or :meth:`fail` with what ended the read.
+    """
+
+    min_bytes = ARRIVING_MIN_BYTES
+
+    def __init__(
+        self,
+        tz: ZoneInfo,
+        *,
+        shared_by: asyncio.Task[Any] | None,
+        publish: Callable[[ImageStream], None],
+    ) -> None:
+        self._tz = tz
+        self._shared_by = shared_by
+        self._publish = publish
+        self._body = bytearray()
+        self.stream: ImageStream | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.stream is not None
+
+    def begin(self, body: bytearray, account: Account) -> None:
+        self._body = body
+        self.stream = ImageStream(body, self._tz, account, shared_by=self._shared_by, arriving=True)
+        self._shared_by = None
+        self._publish(self.stream)
+
+    def feed(self) -> bool:
+        """Check a slice of what arrived; True when more is left: call again after a loop turn."""
+        assert self.stream is not None
+        return self.stream._arrived(len(self._body))
+
+    def finish(self) -> ImageStream:
+        assert self.stream is not None
+        self.stream._arrived(len(self._body), complete=True)
+        del self._body
+        return self.stream
+
+    def fail(self, exc: BaseException) -> None:
+        if self.stream is not None:
+            self.stream._cut(exc)
 
 
 # --- the stream ------------------------------------------------------------------------------------
@@ -349,15 +580,22 @@ class ImageStream:
         shared_by: asyncio.Task[Any] | None = None,
         translate_item: Callable[[Any, ZoneInfo, str], Message] = translate.image_from_json,
         checked: tuple[int, int] | None = None,
+        arriving: bool = False,
     ) -> None:
         self._translate_item = translate_item
         self._account = account
         self._body_bytes = len(body)
-        self._items: Iterator[Any] | _Cursor | None = None
+        self._items: Iterator[Any] | _Cursor | _Growth | None = None
         self._built: list[Chunk | None] = []
         self._closed = False
+        # The message being built when the body ran out: (framed images, their bytes, images).
+        self._pending: tuple[list[bytes], int, int] | None = None
+        self._progress: asyncio.Event | None = None  # set when more of an arriving body came
         try:
-            if checked is not None:
+            if arriving:
+                assert isinstance(body, bytearray) and wire.PATH == "compiled"
+                self._items = _Growth(body)
+            elif checked is not None:
                 self._items = _Cursor(memoryview(body)[checked[0] : checked[1]])
             else:
                 # The compiled path writes ImageInventory: other items take the reference.
@@ -375,12 +613,85 @@ class ImageStream:
             # Held so that its callback fires when the coalescer lets the shared task go.
             self._shared_by = weakref.ref(shared_by, self._seal)
         self._index = 0  # of the next image to translate
+        self._sent = 0  # images in the messages built
         # A framed image that did not fit in the message before: (index, header, data).
         self._carry: tuple[int, bytes, bytes] | None = None
         self._failure: tuple[str, str] | errors.GatewayError | None = None
         self._released = 0  # messages let go (every reader took them)
         self._readers: dict[int, int] = {}  # reader id -> index of the next message it reads
         self._next_reader = 0
+
+    # -- a body still arriving --
+
+    def _arrived(self, size: int, *, complete: bool = False) -> bool:
+        """The body has ``size`` bytes now (all of it, for ``complete``): check a slice of what came
+        (all of it, for ``complete``), wake the readers; True when more is left to check (after a
+        turn of the event loop, which lets readers send what is checked)."""
+        growth = self._items
+        more = False
+        if isinstance(growth, _Growth):
+            growth.complete = complete
+            more = growth.advance()
+            while complete and more:
+                more = growth.advance()
+            self._body_bytes = size
+            if complete and growth.phase == _FALLBACK:
+                self._fall_back(growth)
+        elif self._items is None and self._account is not None:
+            # The stream let go of the body early (it failed): what still comes is not held for it.
+            self._account.release(size - self._body_bytes)
+            self._body_bytes = size
+        self._wake()
+        return more
+
+    def _fall_back(self, growth: _Growth) -> None:
+        """The whole body, which the check as it arrived did not pass: the usual check says why, or
+        passes it; the images already sent are skipped (those taken for the next message are taken
+        again)."""
+        index = self._index = self._sent
+        self._pending = self._carry = None
+        try:
+            items = _items_of(growth.body, True)
+            if index and not growth.one_list():
+                # Not the list the images already sent came from (a second ``inventories`` key).
+                raise errors.bad_response("the body has more than one inventories list")
+            if isinstance(items, _Cursor):
+                for skipped in range(index):
+                    if items.next_text() is None:
+                        items = _list_items(items.text, items.pos)
+                        for _ in range(index - skipped):
+                            next(items)
+                        break
+            else:
+                for _ in range(index):
+                    next(items)
+        except translate.TranslationError as exc:
+            self._fail((exc.field, exc.reason))
+            return
+        except errors.GatewayError as exc:
+            self._fail(exc)
+            return
+        self._items = items
+
+    def _cut(self, exc: BaseException) -> None:
+        """The body's read ended early with ``exc``: readers get it after the images that arrived."""
+        growth = self._items
+        if isinstance(growth, _Growth):
+            if isinstance(exc, errors.GatewayError):
+                growth.failure = exc
+            else:
+                growth.failure = errors.internal("the read of ZStack's answer was abandoned")
+        self._wake()
+
+    def _wake(self) -> None:
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.set()
+
+    async def _arrival(self) -> None:
+        if self._progress is None:
+            self._progress = asyncio.Event()
+        await self._progress.wait()
 
     # -- readers --
 
@@ -434,6 +745,8 @@ class ImageStream:
         self._closed = True
         self._drop_body()
         self._built = []
+        self._pending = None
+        self._wake()
         if self._account is not None:
             self._account.close()
 
@@ -459,8 +772,9 @@ class ImageStream:
         if self._closed:
             raise errors.internal("read from a closed stream")
         limit = CHUNK_IMAGES if self._built else FIRST_CHUNK_IMAGES
-        pieces: list[bytes] = []
-        size = images = 0
+        pieces: list[bytes]
+        pieces, size, images = self._pending if self._pending is not None else ([], 0, 0)
+        self._pending = None
         items, tz, index = self._items, self._tz, self._index
         carry, self._carry = self._carry, None
         try:
@@ -468,6 +782,53 @@ class ImageStream:
                 if carry is not None:
                     at, header, data = carry
                     carry = None
+                elif isinstance(items, _Growth):
+                    whole = memoryview(items.body)
+                    arrived = whole[items.start : items.checked] if items.start >= 0 else whole[:0]
+                    try:
+                        if len(arrived):
+                            data, count, items.pos, stop, over = wire.take(
+                                arrived, items.pos, limit - images, CHUNK_BYTES - size, tz
+                            )
+                        else:
+                            data, count, stop, over = b"", 0, wire.LOST, 0
+                        if count:
+                            pieces.append(data)
+                            size += len(data)
+                            images += count
+                            index += count
+                        if stop == wire.END:
+                            self._drop_body()
+                            break
+                        if stop == wire.FULL:
+                            if over and not images:
+                                raise errors.image_too_large(index, over, CHUNK_BYTES)
+                            break
+                        if stop == wire.LOST:
+                            if items.pos < len(arrived):  # cannot happen: the arrived was checked
+                                raise errors.bad_response("the body is not valid JSON (a list item)")
+                            # The checked arrived ends here: the rest has not arrived (or been checked).
+                            if items.failure is not None:
+                                self._fail(items.failure)
+                                if not images:
+                                    self._raise_failure()
+                                break
+                            self._pending = (pieces, size, images)
+                            raise _NeedMore
+                        # wire.REFERENCE: this image takes the reference translation.
+                        start, end = wire.next_item(arrived, items.pos)
+                        one = arrived[start:end]
+                        try:
+                            at = index
+                            index += 1
+                            data = wire.reference_bytes(one, tz, f"inventories[{at}]")
+                        finally:
+                            one.release()
+                        items.pos = end
+                        header = _SHORT_HEADERS[len(data)] if len(data) < 0x80 else _header(len(data))
+                    finally:
+                        arrived.release()
+                        whole.release()
                 elif isinstance(items, _Cursor):
                     # The compiled path: as many images as fit, framed, in one step.
                     data, count, items.pos, stop, over = wire.take(
@@ -526,6 +887,7 @@ class ImageStream:
             return False
         chunk = Chunk(b"".join(pieces), images)
         self._built.append(chunk)
+        self._sent += images
         if self._account is not None:
             self._account.add(len(chunk.data))
         return True
@@ -547,9 +909,29 @@ class Reader:
         return self
 
     def __next__(self) -> Chunk:
+        """The next message of a stream whose body is whole."""
         if self._stream is None:
             raise StopIteration
-        return self._stream._read(self._token)
+        try:
+            return self._stream._read(self._token)
+        except _NeedMore:
+            raise errors.internal("a stream still arriving read without waiting") from None
+
+    def __aiter__(self) -> Reader:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        """The next message, waiting for the body to arrive as far as it needs."""
+        while True:
+            stream = self._stream
+            if stream is None:
+                raise StopAsyncIteration
+            try:
+                return stream._read(self._token)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except _NeedMore:
+                await stream._arrival()
 
     def close(self) -> None:
         if self._stream is not None:

@@ -18,7 +18,7 @@ import math
 import re
 import ssl
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -47,6 +47,21 @@ class Reply(NamedTuple):
     @property
     def size(self) -> int:
         return len(self.body)
+
+
+class BodySink(Protocol):
+    """Takes a 200 answer's body as it arrives (stream.Arrival). ``begin`` comes once the headers
+    are in, with the buffer the body is read into and the account that holds it; ``feed`` after each
+    piece appended. A body announced under ``min_bytes`` is read whole first (no sink)."""
+
+    min_bytes: int
+
+    @property
+    def started(self) -> bool: ...
+
+    def begin(self, body: bytearray, account: Account) -> None: ...
+
+    def feed(self) -> bool: ...
 
 
 class _Share:
@@ -190,10 +205,11 @@ class ZStackClient:
         return await problem() if problem is not None else None
 
     async def get_iso_candidates(
-        self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline
+        self, query: CandidateIsoQuery, caller: CallerAuth, deadline: Deadline, sink: BodySink | None = None
     ) -> Reply:
-        """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the body of a 200 answer."""
-        return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline)
+        """``GET /zstack/v1/vm-instances/{uuid}/iso-candidates``: the body of a 200 answer (also
+        handed to ``sink`` as it arrives, when given)."""
+        return await self.get(self.iso_candidates_path(query), query.query_pairs(), caller, deadline, sink)
 
     async def get_candidate_vms(
         self, query: CandidateVmQuery, caller: CallerAuth, deadline: Deadline
@@ -258,7 +274,12 @@ class ZStackClient:
         return await self._retry.run(attempt, deadline)
 
     async def get(
-        self, api_path: str, query: list[tuple[str, str]], caller: CallerAuth, deadline: Deadline
+        self,
+        api_path: str,
+        query: list[tuple[str, str]],
+        caller: CallerAuth,
+        deadline: Deadline,
+        sink: BodySink | None = None,
     ) -> Reply:
         """One logical GET: safe retries, and one fresh try after the credentials are refreshed when
         ZStack says the session is invalid (in the modes that hold their own credentials)."""
@@ -266,7 +287,9 @@ class ZStackClient:
 
         async def attempt() -> Reply:
             headers = await self._credentials.headers(caller, "GET", api_path)
-            return await self._limited(api_path, url, headers, deadline, caller.identity, api_timeout=True)
+            return await self._limited(
+                api_path, url, headers, deadline, caller.identity, api_timeout=True, sink=sink
+            )
 
         try:
             return await self._retry.run(attempt, deadline)
@@ -290,6 +313,7 @@ class ZStackClient:
         ok: tuple[int, ...] = (200,),
         api_timeout: bool = False,
         label: str | None = None,
+        sink: BodySink | None = None,
     ) -> Reply:
         """The request once the call holds a slot of its identity's share (when shares are on) and
         a global slot. Whatever ends the call (an answer, an error, a timeout, a cancellation at any
@@ -336,6 +360,7 @@ class ZStackClient:
                 ok=ok,
                 api_timeout=api_timeout,
                 label=label,
+                sink=sink,
             )
         finally:
             # No await in here: nothing can interrupt the bookkeeping.
@@ -360,6 +385,7 @@ class ZStackClient:
         ok: tuple[int, ...] = (200,),
         api_timeout: bool = True,
         label: str | None = None,
+        sink: BodySink | None = None,
     ) -> Reply:
         """One HTTP request; its outcome is recorded on the call (telemetry.calls) whatever it is.
         A status outside ``ok`` is raised as the GatewayError errors.py classifies."""
@@ -368,7 +394,7 @@ class ZStackClient:
         zstack_code: str | None = None
         self.requests_in_flight += 1
         try:
-            status, reply = await self._send(url, headers, deadline, method, data, api_timeout)
+            status, reply = await self._send(url, headers, deadline, method, data, api_timeout, sink)
             if status not in ok:
                 reply.account.close()
                 body = bytes(reply.body)
@@ -402,6 +428,7 @@ class ZStackClient:
         method: str = "GET",
         data: bytes | None = None,
         api_timeout: bool = True,
+        sink: BodySink | None = None,
     ) -> tuple[int, Reply]:
         if self._session is None:
             raise RuntimeError("ZStackClient.start() was not awaited")
@@ -417,13 +444,18 @@ class ZStackClient:
                     async with self._session.request(
                         method, url, headers=headers, data=data, allow_redirects=False
                     ) as resp:
-                        reply = await self._read_body(resp)
+                        reply = await self._read_body(resp, sink if resp.status == 200 else None)
                         return resp.status, reply._replace(status=resp.status)
         except TimeoutError as exc:
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from exc
+        except errors.GatewayError as exc:
+            if sink is not None and sink.started:
+                exc.retryable = False  # part of the answer may have reached callers already
+            raise
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> Reply:
-        """The whole body, at most the cap, charged to the memory budget piece by piece as it arrives.
+    async def _read_body(self, resp: aiohttp.ClientResponse, sink: BodySink | None = None) -> Reply:
+        """The whole body, at most the cap, charged to the memory budget piece by piece as it arrives;
+        ``sink`` (for a body not announced under its ``min_bytes``) gets each piece as it comes.
 
         Memory follows the bytes received: a Content-Length over the cap fails at once, but none is
         ever allocated ahead (a peer may announce 250 MB and send 18 bytes). The buffer grows by
@@ -439,6 +471,10 @@ class ZStackClient:
             )
         account = self._budget.account()
         body = bytearray()
+        if sink is not None and (length is None or length >= sink.min_bytes):
+            sink.begin(body, account)
+        else:
+            sink = None
         try:
             async for chunk in resp.content.iter_any():
                 if len(body) + len(chunk) > cap:
@@ -448,6 +484,11 @@ class ZStackClient:
                     )
                 account.charge(len(chunk))
                 body += chunk
+                if sink is not None:
+                    more = sink.feed()
+                    while more:  # a slice checked: a turn of the loop lets the calls send its images
+                        await asyncio.sleep(0)
+                        more = sink.feed()
         except BaseException:
             account.close()
             raise

@@ -36,6 +36,7 @@ __all__ = [
     "FULL",
     "PATH",
     "REFERENCE",
+    "complete_items",
     "image_bytes",
     "items_span",
     "list_start",
@@ -177,6 +178,15 @@ def items_span(body: memoryview, pos: int, size: int) -> tuple[int, int, int]:
     not read as a list."""
     assert _compiled is not None
     span: tuple[int, int, int] = _compiled.items_span(body, pos, size)
+    return span
+
+
+def complete_items(body: memoryview, pos: int) -> tuple[int, int, int]:
+    """Compiled path only: :func:`items_span` for a list still arriving: the items from ``pos`` that
+    are complete in ``body`` (each followed by a comma or the list's ``]``), ``(first, last, end)``;
+    ValueError where what arrived does not read as a list."""
+    assert _compiled is not None
+    span: tuple[int, int, int] = _compiled.complete_items(body, pos)
     return span
 
 
