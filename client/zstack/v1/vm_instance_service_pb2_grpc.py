@@ -86,8 +86,11 @@ class VmInstanceServiceServicer:
         Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
         answer cannot be read, the stream ends with INTERNAL naming the field, after the images before it;
         an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
-        reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
-        with OK carries the whole list.
+        reason `IMAGE_TOO_LARGE`), after the images before it. Images are sent while ZStack's answer is
+        still arriving, each piece checked as it comes: an answer that turns out malformed, or whose read
+        is cut (a broken connection, the deadline), ends the stream with the status the whole answer would
+        give, after the images already sent. As for any stream, only a stream that ends with OK carries
+        the whole list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

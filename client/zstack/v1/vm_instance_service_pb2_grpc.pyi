@@ -56,8 +56,11 @@ class VmInstanceServiceStub:
     Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
     answer cannot be read, the stream ends with INTERNAL naming the field, after the images before it;
     an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
-    reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
-    with OK carries the whole list.
+    reason `IMAGE_TOO_LARGE`), after the images before it. Images are sent while ZStack's answer is
+    still arriving, each piece checked as it comes: an answer that turns out malformed, or whose read
+    is cut (a broken connection, the deadline), ends the stream with the status the whole answer would
+    give, after the images already sent. As for any stream, only a stream that ends with OK carries
+    the whole list.
     """
     AttachIso: _grpc.UnaryUnaryMultiCallable[_vm_instance_service_pb2.AttachIsoRequest, _vm_instance_service_pb2.AttachIsoResponse]
     """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
@@ -111,8 +114,11 @@ class VmInstanceServiceAsyncStub(VmInstanceServiceStub):
     Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
     answer cannot be read, the stream ends with INTERNAL naming the field, after the images before it;
     an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
-    reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
-    with OK carries the whole list.
+    reason `IMAGE_TOO_LARGE`), after the images before it. Images are sent while ZStack's answer is
+    still arriving, each piece checked as it comes: an answer that turns out malformed, or whose read
+    is cut (a broken connection, the deadline), ends the stream with the status the whole answer would
+    give, after the images already sent. As for any stream, only a stream that ends with OK carries
+    the whole list.
     """
     AttachIso: _aio.UnaryUnaryMultiCallable[_vm_instance_service_pb2.AttachIsoRequest, _vm_instance_service_pb2.AttachIsoResponse]  # type: ignore[assignment]
     """AttachIso attaches an ISO image to a CD-ROM of a VM (ZStack's `AttachIsoToVmInstance`,
@@ -169,8 +175,11 @@ class VmInstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         Images are translated from ZStack's JSON chunk by chunk as they are sent. If an image in ZStack's
         answer cannot be read, the stream ends with INTERNAL naming the field, after the images before it;
         an image that alone takes more than 1 MiB in a message ends it with RESOURCE_EXHAUSTED (ErrorInfo
-        reason `IMAGE_TOO_LARGE`), after the images before it. As for any stream, only a stream that ends
-        with OK carries the whole list.
+        reason `IMAGE_TOO_LARGE`), after the images before it. Images are sent while ZStack's answer is
+        still arriving, each piece checked as it comes: an answer that turns out malformed, or whose read
+        is cut (a broken connection, the deadline), ends the stream with the status the whole answer would
+        give, after the images already sent. As for any stream, only a stream that ends with OK carries
+        the whole list.
         """
 
     @_abc_1.abstractmethod
