@@ -1,7 +1,8 @@
 """The first images go out while ZStack's answer is still arriving (compiled path).
 
-A 200 answer of GetCandidateIso of 64 KiB or more is checked a piece at a time as it arrives, and
-the images of the pieces checked are sent at once. Whatever the body turns out to be, callers get
+A 200 answer of GetCandidateIso of 2 MiB or more (or of no announced length) is checked a piece at a
+time as it arrives, and the images of the pieces checked are sent at once. Whatever the body turns
+out to be, callers get
 the messages the whole body gives, byte for byte; a body that turns out malformed, or whose read is
 cut, ends the stream with the status the check of the whole body gives, after the images already
 sent. Coalesced callers share the arriving stream: a late joiner still gets every image from the
@@ -243,9 +244,9 @@ def many(n: int) -> list[dict]:
 
 @compiled_only
 def test_the_first_message_comes_before_the_body_is_whole(make_gateway: Gateways, gated: Gated):
-    images = many(3_000)
+    images = many(8_000)
     gated.body = body_of(images)
-    gated.first = 200_000  # of about 1.2 MB
+    gated.first = 200_000  # of about 3.3 MB
     gw = make_gateway(zstack_url=gated.url, default_timeout=30)
     with grpc.insecure_channel(gw.target) as ch:
         call = svc_grpc.VmInstanceServiceStub(ch).GetCandidateIso(request(), metadata=AUTH, timeout=30)
@@ -257,7 +258,7 @@ def test_the_first_message_comes_before_the_body_is_whole(make_gateway: Gateways
 
 
 def test_a_body_cut_after_images_were_sent_ends_with_unavailable(make_gateway: Gateways, gated: Gated):
-    images = many(3_000)
+    images = many(8_000)
     gated.body = body_of(images)
     gated.first = 200_000
     gated.cut = True
@@ -284,7 +285,7 @@ def test_a_body_cut_after_images_were_sent_ends_with_unavailable(make_gateway: G
 def test_a_malformed_tail_ends_with_the_whole_body_error_after_the_images(
     make_gateway: Gateways, gated: Gated
 ):
-    images = many(3_000)
+    images = many(8_000)
     body = body_of(images)[:-2] + b"],x}"
     with pytest.raises(orjson.JSONDecodeError) as parse:
         orjson.loads(body)
@@ -313,7 +314,7 @@ def test_a_malformed_tail_ends_with_the_whole_body_error_after_the_images(
 def test_sharers_of_an_arriving_answer_each_get_it_whole(make_gateway: Gateways, gated: Gated):
     """A joins and reads its first message while the body arrives; B joins after that, C joins and
     cancels: A and B get every image, one upstream request, and the budget is back to 0."""
-    images = many(3_000)
+    images = many(8_000)
     gated.body = body_of(images)
     gated.first = 200_000
     metrics_port = free_port()
@@ -353,7 +354,7 @@ def test_sharers_of_an_arriving_answer_each_get_it_whole(make_gateway: Gateways,
 
 
 def test_every_caller_leaving_abandons_the_arriving_answer(make_gateway: Gateways, gated: Gated):
-    images = many(3_000)
+    images = many(8_000)
     gated.body = body_of(images)
     gated.first = 200_000
     metrics_port = free_port()

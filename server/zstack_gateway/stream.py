@@ -316,8 +316,10 @@ async def open_stream(
 
 # --- a body still arriving ------------------------------------------------------------------------
 
-#: Bodies announced smaller than this are read whole before their stream starts (see Arrival).
-ARRIVING_MIN_BYTES: Final = 64 * 1024
+#: Bodies announced smaller than this are read whole before their stream starts (see Arrival): on
+#: loopback a 1 MB body arrives in about 1 ms, and checking it as it arrives, interleaved with the
+#: first writes, measured no earlier first image and about 0.5 ms more per call.
+ARRIVING_MIN_BYTES: Final = 2 * 1024 * 1024
 
 #: An arriving body is checked a slice at a time, the event loop turning between two: first
 #: FIRST_SLICE_BYTES (the first message's images go out after it), then ARRIVING_SLICE_BYTES.
