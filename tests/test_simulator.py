@@ -36,7 +36,7 @@ from zstack_sim import (
     DEMO_STOPPED_VM_UUID,
     DEMO_VM_UUID,
 )
-from zstack_sim.control_client import SimControl
+from zstack_sim.control_client import ControlError, SimControl
 from zstack_sim.processes import start_simulator
 
 SIM_DATA = Path(__file__).parent / "sim_data"
@@ -642,6 +642,20 @@ def test_fault_drip(server: zstack_sim.ThreadedSimulator, zs: Client) -> None:
     assert head.startswith(b"HTTP/1.1 200") and content_length(head) > 1000
     assert body == b'{"in'
     assert elapsed >= 0.3  # 4 bytes, one per 0.15 s
+
+
+def test_fault_drip_in_pieces_that_finishes(zs: Client) -> None:
+    full = zs.iso().content
+    zs.fault(action="drip", interval=0.01, bytes=400, finish=True)
+    resp = zs.iso()
+    assert resp.status_code == 200
+    assert resp.content == full
+
+
+def test_fault_drip_bytes_must_be_a_positive_integer(zs: Client) -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ControlError, match="'bytes' must be an integer >= 1"):
+            zs.fault(action="drip", bytes=bad)
 
 
 def test_fault_headers_then_silence(server: zstack_sim.ThreadedSimulator, zs: Client) -> None:

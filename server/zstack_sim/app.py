@@ -167,9 +167,10 @@ class ZStackHandler:
         if rule.action == "drip":
             interval = float(rule.params.get("interval", 0.5))
             finish = rule.params.get("finish") is True
+            step = int(rule.params.get("bytes", 1))
             last = len(reply.body) if finish else len(reply.body) - 1
-            for i in range(max(0, last)):
-                await response.write(reply.body[i : i + 1])
+            for i in range(0, max(0, last), step):
+                await response.write(reply.body[i : min(i + step, last)])
                 if await delivery.pause(interval, self.stopping):
                     await delivery.abort_connection(request)
             if finish:

@@ -23,8 +23,9 @@ Actions and their fields:
 * ``reset``: close the TCP connection (RST) without writing a status line.
 * ``reset_mid_body``: the normal reply's status and headers with its real Content-Length, about half
   the body, then RST.
-* ``drip``: ``interval`` (seconds, default 0.5): the normal reply's headers, then one body byte per
-  interval; by default it stops before the last byte and never finishes (``"finish": true`` sends it).
+* ``drip``: ``interval`` (seconds, default 0.5): the normal reply's headers, then one body byte (or
+  ``bytes`` bytes, default 1) per interval; by default it stops before the last byte and never
+  finishes (``"finish": true`` sends it).
 * ``headers_then_silence``: the normal reply's headers with its Content-Length, then nothing.
 * ``hang``: never answer.
 * ``truncate``: the normal reply with its body cut in half and a Content-Length matching the cut body
@@ -128,8 +129,12 @@ def _check_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
         _number(params, "seconds", 0.0)
         if not isinstance(params.get("never", False), bool):
             raise FaultSpecError("'never' must be a boolean")
-    elif action == "drip" and _number(params, "interval", 0.5) <= 0:
-        raise FaultSpecError("'interval' must be > 0")
+    elif action == "drip":
+        if _number(params, "interval", 0.5) <= 0:
+            raise FaultSpecError("'interval' must be > 0")
+        size = params.get("bytes", 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise FaultSpecError("'bytes' must be an integer >= 1")
     return params
 
 
