@@ -22,15 +22,18 @@ from zoneinfo import ZoneInfo
 import grpc
 import orjson
 import pytest
+import zstack_sim
 from conftest import AUTH
 from harness import Gateways
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from statuses import decode
 from test_stream_memory import Upstream, body_of, image, request, uuids
+from zstack.v1 import vm_instance_service_pb2 as svc
 from zstack.v1 import vm_instance_service_pb2_grpc as svc_grpc
 from zstack_gateway import errors, stream, translate, wire
 from zstack_gateway.budget import MemoryBudget
+from zstack_sim.control_client import SimControl
 from zstack_sim.processes import free_port, scrape, wait_until
 
 C = grpc.StatusCode
@@ -375,3 +378,54 @@ def test_every_caller_leaving_abandons_the_arriving_answer(make_gateway: Gateway
             i["uuid"] for i in images
         ]
     assert gated.requests == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# One caller's deadline never decides another's outcome, while the answer arrives
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[tuple[zstack_sim.ThreadedSimulator, SimControl]]:
+    """A simulator whose demo VM has 3,000 ISO candidates (about 3 MB of answer: it streams as it
+    arrives)."""
+    with zstack_sim.run_in_thread(zstack_sim.generate(3_000)) as sim:
+        yield sim, SimControl(sim.url)
+
+
+@pytest.mark.parametrize("whose", ["the caller's", "the gateway's default"])
+def test_a_joiner_with_a_later_deadline_outlives_the_first_callers_deadline(
+    make_gateway: Gateways, slow_sim: tuple[zstack_sim.ThreadedSimulator, SimControl], whose: str
+):
+    """A starts the shared request with a short deadline (its own, or the gateway's default when it
+    sets none); B joins while the answer drips in, with a long one. The answer takes longer than A's
+    deadline: A ends with DEADLINE_EXCEEDED at its own deadline, B gets every image and OK, from the
+    one upstream request."""
+    sim, control = slow_sim
+    control.reset()
+    # About 3 MB in 64 KiB pieces, one per 50 ms: the body takes about 2.3 s to arrive.
+    control.fault(action="drip", interval=0.05, bytes=64 * 1024, finish=True, times=1)
+    caller_sets_it = whose == "the caller's"
+    gw = make_gateway(zstack_url=sim.url, default_timeout=30 if caller_sets_it else 0.8)
+    req = svc.GetCandidateIsoRequest(vm_instance_uuid=zstack_sim.DEMO_VM_UUID)
+    channels = [
+        grpc.insecure_channel(gw.target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(2)
+    ]
+    try:
+        a = svc_grpc.VmInstanceServiceStub(channels[0]).GetCandidateIso(
+            req, metadata=AUTH, timeout=0.8 if caller_sets_it else None
+        )
+        got_a = [next(a)] if wire.PATH == "compiled" else []
+        b = svc_grpc.VmInstanceServiceStub(channels[1]).GetCandidateIso(req, metadata=AUTH, timeout=30)
+        with ThreadPoolExecutor(2) as pool:
+            rest_b = pool.submit(list, b)
+            with pytest.raises(grpc.RpcError) as info:
+                got_a += list(a)
+            got_b = rest_b.result(timeout=60)
+    finally:
+        for ch in channels:
+            ch.close()
+    assert info.value.code() == C.DEADLINE_EXCEEDED, info.value
+    expected = zstack_sim.generate(3_000).vms[zstack_sim.DEMO_VM_UUID].candidates
+    assert uuids(got_a) == expected[: len(uuids(got_a))]
+    assert uuids(got_b) == expected
+    assert len(control.zstack_requests()) == 1, "B started a request of its own"

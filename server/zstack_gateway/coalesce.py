@@ -17,7 +17,9 @@ What one caller does never decides another caller's outcome:
 :meth:`Coalescer.share` hands the callers the work's value as soon as the work :func:`publish`-es it
 (GetCandidateIso: the image stream, once ZStack's headers are in), while the work goes on (reading the
 body); callers may still join until it ends. Each caller then holds the work until it calls the
-release it was given; when the last one releases before the work ends, the work is abandoned.
+release it was given; when the last one releases before the work ends, the work is abandoned. Once
+published, the work no longer ends on its first caller's deadline alone: the callers holding the
+value push its time limit to the latest of their deadlines (stream.ImageStream.hold_for).
 """
 
 from __future__ import annotations

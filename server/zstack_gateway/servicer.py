@@ -77,7 +77,10 @@ class VmInstanceServicer:
             key, lambda: self._fetch(query, caller, deadline), deadline
         )
         try:
-            reader = images.reader()  # at once: see ImageStream's shared_by
+            # While the answer arrives, its read runs until the latest deadline of the callers
+            # holding it; each caller's own deadline ends its own call.
+            images.hold_for(deadline)
+            reader = images.reader(deadline)  # at once: see ImageStream's shared_by
             del images
             try:
                 async for chunk in reader:

@@ -52,6 +52,7 @@ from google.protobuf.message import Message
 
 from zstack_gateway import errors, translate, wire
 from zstack_gateway.budget import Account
+from zstack_gateway.deadline import Deadline
 
 FIRST_CHUNK_IMAGES: Final = 16
 CHUNK_IMAGES: Final = 512
@@ -504,6 +505,10 @@ class Arrival:
     ``begin`` makes the :class:`ImageStream` and hands it to ``publish`` (coalesce.publish: the calls
     sharing the request get it at once); ``feed`` after each piece; then :meth:`finish` once the body
     is whole, or :meth:`fail` with what ended the read.
+
+    The read's timer (``limit``, started on the first caller's deadline) is the stream's to push: each
+    caller holding the stream calls :meth:`ImageStream.hold_for` with its deadline, so that the read
+    runs until the latest of them, never ending a caller's call on another caller's deadline.
     """
 
     min_bytes = ARRIVING_MIN_BYTES
@@ -525,9 +530,10 @@ class Arrival:
     def started(self) -> bool:
         return self.stream is not None
 
-    def begin(self, body: bytearray, account: Account) -> None:
+    def begin(self, body: bytearray, account: Account, limit: asyncio.Timeout | None = None) -> None:
         self._body = body
         self.stream = ImageStream(body, self._tz, account, shared_by=self._shared_by, arriving=True)
+        self.stream._limit = limit
         self._shared_by = None
         self._publish(self.stream)
 
@@ -538,12 +544,14 @@ class Arrival:
 
     def finish(self) -> ImageStream:
         assert self.stream is not None
+        self.stream._limit = None  # the read is over
         self.stream._arrived(len(self._body), complete=True)
         del self._body
         return self.stream
 
     def fail(self, exc: BaseException) -> None:
         if self.stream is not None:
+            self.stream._limit = None
             self.stream._cut(exc)
 
 
@@ -593,6 +601,7 @@ class ImageStream:
         # The message being built when the body ran out: (framed images, their bytes, images).
         self._pending: tuple[list[bytes], int, int] | None = None
         self._progress: asyncio.Event | None = None  # set when more of an arriving body came
+        self._limit: asyncio.Timeout | None = None  # the timer of an arriving body's read (Arrival)
         try:
             if arriving:
                 assert isinstance(body, bytearray) and wire.PATH == "compiled"
@@ -697,15 +706,31 @@ class ImageStream:
 
     # -- readers --
 
-    def reader(self) -> Reader:
-        """Start reading from the first message."""
+    def hold_for(self, deadline: Deadline) -> None:
+        """A caller whose deadline is ``deadline`` holds the stream: while its body arrives, the read
+        runs at least until then (the latest deadline of the callers holding it bounds the read; a
+        caller's own deadline ends its own call, see :meth:`reader`)."""
+        limit = self._limit
+        if limit is None:
+            return
+        when = limit.when()
+        later = asyncio.get_running_loop().time() + deadline.remaining()
+        if when is not None and later > when:
+            try:
+                limit.reschedule(later)
+            except RuntimeError:  # the read's timer is over (the read ended just now)
+                self._limit = None
+
+    def reader(self, deadline: Deadline | None = None) -> Reader:
+        """Start reading from the first message. ``deadline``: the caller's, which ends its wait for
+        the body to arrive (DEADLINE_EXCEEDED) even when the read goes on for other callers."""
         if self._closed or self._released:
             # Cannot happen with the coalescer: a call that can still join holds the stream's task.
             raise errors.internal("a call joined a shared stream after its first messages were let go")
         token = self._next_reader
         self._next_reader += 1
         self._readers[token] = 0
-        return Reader(self, token)
+        return Reader(self, token, deadline)
 
     def messages(self) -> Iterator[Chunk]:
         """Every message, for one reader."""
@@ -903,9 +928,10 @@ class ImageStream:
 class Reader:
     """One call's way through an :class:`ImageStream`: iterate it, then :meth:`close` it."""
 
-    def __init__(self, stream: ImageStream, token: int) -> None:
+    def __init__(self, stream: ImageStream, token: int, deadline: Deadline | None = None) -> None:
         self._stream: ImageStream | None = stream
         self._token = token
+        self._deadline = deadline
 
     def __iter__(self) -> Reader:
         return self
@@ -933,7 +959,21 @@ class Reader:
             except StopIteration:
                 raise StopAsyncIteration from None
             except _NeedMore:
+                await self._wait(stream)
+
+    async def _wait(self, stream: ImageStream) -> None:
+        """Until more of the body came, within this reader's deadline (the read may go on longer
+        for another caller holding the stream)."""
+        deadline = self._deadline
+        if deadline is None:
+            await stream._arrival()
+            return
+        budget = deadline.remaining()
+        try:
+            async with asyncio.timeout(budget):
                 await stream._arrival()
+        except TimeoutError:
+            raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
 
     def close(self) -> None:
         if self._stream is not None:

@@ -51,15 +51,17 @@ class Reply(NamedTuple):
 
 class BodySink(Protocol):
     """Takes a 200 answer's body as it arrives (stream.Arrival). ``begin`` comes once the headers
-    are in, with the buffer the body is read into and the account that holds it; ``feed`` after each
-    piece appended. A body announced under ``min_bytes`` is read whole first (no sink)."""
+    are in, with the buffer the body is read into, the account that holds it and the timer that
+    bounds the read (the sink may push it later: coalesced callers with later deadlines hold the
+    read); ``feed`` after each piece appended. A body announced under ``min_bytes`` is read whole
+    first (no sink)."""
 
     min_bytes: int
 
     @property
     def started(self) -> bool: ...
 
-    def begin(self, body: bytearray, account: Account) -> None: ...
+    def begin(self, body: bytearray, account: Account, limit: asyncio.Timeout | None = None) -> None: ...
 
     def feed(self) -> bool: ...
 
@@ -438,22 +440,33 @@ class ZStackClient:
             # (SYS.1001) then means the caller's deadline ran out.
             headers["X-API-Timeout"] = str(max(1, math.ceil(deadline.remaining())))
         budget = deadline.remaining()
+        limit: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(budget) as limit:
                 with transport.mapped_errors(url):
                     async with self._session.request(
                         method, url, headers=headers, data=data, allow_redirects=False
                     ) as resp:
-                        reply = await self._read_body(resp, sink if resp.status == 200 else None)
+                        reply = await self._read_body(resp, sink if resp.status == 200 else None, limit)
                         return resp.status, reply._replace(status=resp.status)
         except TimeoutError as exc:
+            if sink is not None and sink.started and limit is not None:
+                # The read of an arriving answer may have been held longer (see BodySink).
+                when = limit.when()
+                if when is not None:
+                    started = deadline.expires_at - budget  # time.monotonic(), as the loop's clock
+                    budget = max(
+                        budget, when - asyncio.get_running_loop().time() + time.monotonic() - started
+                    )
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from exc
         except errors.GatewayError as exc:
             if sink is not None and sink.started:
                 exc.retryable = False  # part of the answer may have reached callers already
             raise
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, sink: BodySink | None = None) -> Reply:
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, sink: BodySink | None = None, limit: asyncio.Timeout | None = None
+    ) -> Reply:
         """The whole body, at most the cap, charged to the memory budget piece by piece as it arrives;
         ``sink`` (for a body not announced under its ``min_bytes``) gets each piece as it comes.
 
@@ -472,7 +485,7 @@ class ZStackClient:
         account = self._budget.account()
         body = bytearray()
         if sink is not None and (length is None or length >= sink.min_bytes):
-            sink.begin(body, account)
+            sink.begin(body, account, limit)
         else:
             sink = None
         try:
