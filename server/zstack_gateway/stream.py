@@ -576,7 +576,8 @@ class ImageStream:
     ``account`` holds the body's bytes against the memory budget; the stream adds its messages to it
     and releases both as it lets them go. ``shared_by``: the task whose result this stream is, when
     coalesced calls may still join it through that task; until the task is gone, messages every
-    current reader has taken are kept for readers still to come. None: the stream is not shared
+    current reader has taken are kept for readers still to come (except while the body arrives: those
+    go, and a reader joining later gets them rebuilt from the body). None: the stream is not shared
     beyond the readers it gets at once. ``checked``: where the list starts and ends in ``body``, when
     :func:`open_stream` has already checked it.
     """
@@ -602,10 +603,13 @@ class ImageStream:
         self._pending: tuple[list[bytes], int, int] | None = None
         self._progress: asyncio.Event | None = None  # set when more of an arriving body came
         self._limit: asyncio.Timeout | None = None  # the timer of an arriving body's read (Arrival)
+        # An arriving body's check, while readers may still join: the messages every present reader
+        # took are let go, and a reader joining later gets them rebuilt from this body.
+        self._source: _Growth | None = None
         try:
             if arriving:
                 assert isinstance(body, bytearray) and wire.PATH == "compiled"
-                self._items = _Growth(body)
+                self._items = self._source = _Growth(body)
             elif checked is not None:
                 self._items = _Cursor(memoryview(body)[checked[0] : checked[1]])
             else:
@@ -661,6 +665,9 @@ class ImageStream:
         again)."""
         index = self._index = self._sent
         self._pending = self._carry = None
+        # The messages from here come from the whole body, not from what the check as it arrived
+        # passed: they cannot be rebuilt from it (readers can no longer join anyway: the read ended).
+        self._source = None
         try:
             items = _items_of(growth.body, True)
             if index and not growth.one_list():
@@ -724,13 +731,34 @@ class ImageStream:
     def reader(self, deadline: Deadline | None = None) -> Reader:
         """Start reading from the first message. ``deadline``: the caller's, which ends its wait for
         the body to arrive (DEADLINE_EXCEEDED) even when the read goes on for other callers."""
-        if self._closed or self._released:
+        catch_up: tuple[Reader, int] | None = None
+        if self._released and self._source is not None and not self._seal.sealed and not self._closed:
+            # Joining an arriving stream whose first messages were let go: those are rebuilt for
+            # this reader alone from the body (it is kept until the read ends), the rest shared.
+            catch_up = (self._rebuild(self._source).reader(), self._released)
+        elif self._closed or self._released:
             # Cannot happen with the coalescer: a call that can still join holds the stream's task.
             raise errors.internal("a call joined a shared stream after its first messages were let go")
         token = self._next_reader
         self._next_reader += 1
-        self._readers[token] = 0
-        return Reader(self, token, deadline)
+        self._readers[token] = self._released
+        return Reader(self, token, deadline, catch_up)
+
+    def _rebuild(self, source: _Growth) -> ImageStream:
+        """A stream of its own over the part of the arriving body ``source`` checked so far, which
+        builds the same messages as this one from the first (the messages are the same however the
+        body arrives), for one reader; nothing of it is kept beyond the message being read."""
+        rebuilt = ImageStream(source.body, self._tz, translate_item=self._translate_item, arriving=True)
+        growth = rebuilt._items
+        assert isinstance(growth, _Growth)
+        growth.start, growth.scan, growth.checked, growth.phase = (
+            source.start,
+            source.checked,
+            source.checked,
+            _DONE,
+        )
+        rebuilt._source = None
+        return rebuilt
 
     def messages(self) -> Iterator[Chunk]:
         """Every message, for one reader."""
@@ -747,17 +775,24 @@ class ImageStream:
         chunk = self._built[index]
         assert chunk is not None
         self._readers[token] = index + 1
-        if self._seal.sealed:
+        if self._source is not None:
+            if self._seal.sealed:
+                self._source = None  # no reader can join any more: the body goes as in any stream
+            self._let_go(min(self._readers.values()))
+        elif self._seal.sealed:
             self._let_go(min(self._readers.values()))
         return chunk
 
     def _leave(self, token: int) -> None:
         del self._readers[token]
         if self._seal.sealed:
+            self._source = None
             if self._readers:
                 self._let_go(min(self._readers.values()))
             else:
                 self.close()
+        elif self._source is not None and self._readers:
+            self._let_go(min(self._readers.values()))
 
     def _let_go(self, below: int) -> None:
         for index in range(self._released, below):
@@ -771,6 +806,7 @@ class ImageStream:
         """Let go of everything: the body, every message, their charge on the budget."""
         self._closed = True
         self._drop_body()
+        self._source = None
         self._built = []
         self._pending = None
         self._wake()
@@ -928,10 +964,31 @@ class ImageStream:
 class Reader:
     """One call's way through an :class:`ImageStream`: iterate it, then :meth:`close` it."""
 
-    def __init__(self, stream: ImageStream, token: int, deadline: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        stream: ImageStream,
+        token: int,
+        deadline: Deadline | None = None,
+        catch_up: tuple[Reader, int] | None = None,
+    ) -> None:
         self._stream: ImageStream | None = stream
         self._token = token
         self._deadline = deadline
+        # The messages let go before this reader joined: a reader of their rebuilding, and how many.
+        self._catch_up = catch_up
+
+    def _next(self, stream: ImageStream) -> Chunk:
+        catch_up = self._catch_up
+        if catch_up is None:
+            return stream._read(self._token)
+        reader, left = catch_up
+        chunk = next(reader)  # within what was checked: never waits
+        if left > 1:
+            self._catch_up = (reader, left - 1)
+        else:
+            self._catch_up = None
+            reader.close()
+        return chunk
 
     def __iter__(self) -> Reader:
         return self
@@ -941,7 +998,7 @@ class Reader:
         if self._stream is None:
             raise StopIteration
         try:
-            return self._stream._read(self._token)
+            return self._next(self._stream)
         except _NeedMore:
             raise errors.internal("a stream still arriving read without waiting") from None
 
@@ -955,7 +1012,7 @@ class Reader:
             if stream is None:
                 raise StopAsyncIteration
             try:
-                return stream._read(self._token)
+                return self._next(stream)
             except StopIteration:
                 raise StopAsyncIteration from None
             except _NeedMore:
@@ -976,6 +1033,9 @@ class Reader:
             raise errors.deadline_exceeded(budget, caller_deadline=deadline.from_caller) from None
 
     def close(self) -> None:
+        if self._catch_up is not None:
+            self._catch_up[0].close()
+            self._catch_up = None
         if self._stream is not None:
             self._stream._leave(self._token)
             self._stream = None
