@@ -76,7 +76,7 @@ pytest: $(STAMP) $(NODE_STAMP)
 # The tests whose outcome depends on how images are translated, again on the pure-Python path
 # (ZSTACK_GATEWAY_PURE=1; `pytest` above runs the compiled one where it is built).
 PURE_TESTS := tests/test_wire.py tests/test_translate.py tests/test_java_dates.py tests/test_stream_chunks.py \
-  tests/test_stream_memory.py tests/test_gateway.py tests/test_hostile_errors.py
+  tests/test_stream_memory.py tests/test_stream_arrival.py tests/test_gateway.py tests/test_hostile_errors.py
 pytest-pure: $(STAMP) $(NODE_STAMP)
 	ZSTACK_GATEWAY_PURE=1 $(BIN)/pytest -q $(PURE_TESTS)
 
